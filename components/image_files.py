@@ -25,9 +25,8 @@ component can call it inside a ``DoFn``, one file at a time:
   - ``IGNORED``: the file was never meant to be an image (hidden and system
     files, other extensions, files outside class folders) or is a second path
     to a file already counted. Ignored files are not read.
-  - ``DUPLICATE``: not produced here, because it needs every file's hash; the
-    component marks later files with an already-seen ``content_hash`` with
-    :func:`as_duplicate`.
+  - ``DUPLICATE``: not produced here, because it needs every file's hash;
+    the component marks later files with an already-seen ``content_hash``.
 
 No function here raises for a bad file, and no module-level state is ever
 changed (in particular ``PIL.Image.MAX_IMAGE_PIXELS`` is left alone, see
@@ -44,7 +43,7 @@ import io
 import os
 import stat
 import struct
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -78,6 +77,7 @@ _TRANSPOSING_ORIENTATIONS = frozenset(range(2, 9))
 _RESIZABLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "CMYK", "I", "I;16"})
 _WHITE = (255, 255, 255)
 _READ_CHUNK = 1 << 20
+_NOT_IN_CLASS_FOLDER = "ignored: not inside a class folder"
 _SNIFF_BYTES = 4096
 
 # Exceptions Pillow raises (directly or from its C decoders) for bad data.
@@ -392,7 +392,7 @@ def ignore_reason(relative_path: str) -> str | None:
         shown = extension or "no extension"
         return f"ignored: not an image file ({shown})"
     if len(parts) < 2:
-        return "ignored: not inside a class folder"
+        return _NOT_IN_CLASS_FOLDER
     return None
 
 
@@ -411,12 +411,14 @@ def sha256_file(path: str, chunk: int = _READ_CHUNK) -> str:
 
 
 def ingest_file(
-    found: FoundFile, options: IngestOptions = IngestOptions()
+    found: FoundFile, options: IngestOptions = IngestOptions()  # noqa: B008
 ) -> IngestedFile:
     """Accounts for one file: ignores, skips, keeps or converts it.
 
-    Path rules come first and cost no I/O (:func:`ignore_reason`, then
-    ``found.same_file_as``). Otherwise the file is read once (hashing as it
+    Path rules come first and cost no I/O: :func:`ignore_reason`, then
+    ``found.label is None`` (so a caller may prefix ``relative_path``, e.g.
+    with a split folder, without changing the outcome), then
+    ``found.same_file_as``. Otherwise the file is read once (hashing as it
     streams in) and handed to :func:`normalize_image`.
 
     Args:
@@ -430,9 +432,7 @@ def ingest_file(
         ValueError: Only if ``options`` are invalid.
     """
     options.validate()
-    reason = ignore_reason(found.relative_path)
-    if reason is None and found.same_file_as is not None:
-        reason = _same_file_reason(found)
+    reason = _path_ignore_reason(found)
     if reason is not None:
         return _without_image(found, FileStatus.IGNORED, reason, "")
     try:
@@ -463,34 +463,17 @@ def ingest_file(
     )
 
 
-def as_duplicate(ingested: IngestedFile, first_relative_path: str) -> IngestedFile:
-    """Marks a file whose ``content_hash`` was already seen as DUPLICATE.
-
-    For the component, which sees all hashes; drops the image payload.
-
-    Args:
-        ingested: The later file with the repeated hash.
-        first_relative_path: Relative path of the file that keeps the image.
-
-    Returns:
-        A copy with status DUPLICATE and no image.
-    """
-    return dataclasses.replace(
-        ingested,
-        status=FileStatus.DUPLICATE,
-        reason=f"duplicate: same content as {first_relative_path}",
-        image_bytes=b"",
-        image_format="",
-        width=0,
-        height=0,
-    )
-
-
-def _same_file_reason(found: FoundFile) -> str:
-    """Reason for ignoring a second path to a file already counted."""
-    if os.path.islink(found.path):
-        return f"ignored: symlink to a file already counted ({found.same_file_as})"
-    return f"ignored: same file already counted as {found.same_file_as}"
+def _path_ignore_reason(found: FoundFile) -> str | None:
+    """Why a found file is ignored without being read, else None."""
+    reason = ignore_reason(found.relative_path)
+    if reason is None and found.label is None:
+        reason = _NOT_IN_CLASS_FOLDER
+    if reason is None and found.same_file_as is not None:
+        if os.path.islink(found.path):
+            reason = f"ignored: symlink to a file already counted ({found.same_file_as})"
+        else:
+            reason = f"ignored: same file already counted as {found.same_file_as}"
+    return reason
 
 
 def _without_image(
@@ -806,8 +789,10 @@ def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
     Values are clipped to 0..65535 and shifted right by 8, so the full 16-bit
     range maps onto the full 8-bit range instead of saturating at 255.
     """
-    values = np.asarray(image).astype(np.int64)
-    eight_bit = (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
+    values = np.asarray(image)
+    if values.dtype.kind != "u" or values.dtype.itemsize != 2:
+        values = np.clip(values, 0, 65535).astype(np.uint16)
+    eight_bit = (values >> 8).astype(np.uint8)
     return Image.fromarray(eight_bit).convert("RGB")
 
 
@@ -837,7 +822,7 @@ _IMAGE_SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", "PNG"),
     (b"GIF87a", "GIF"),
     (b"GIF89a", "GIF"),
-    (b"BM", "BMP"),
+    (b"BM", "BMP"),  # Checked with its reserved zero bytes, see below.
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
 )
@@ -857,7 +842,7 @@ _OTHER_SIGNATURES: tuple[tuple[bytes, str], ...] = (
 def _describe_unidentified(data: bytes) -> str:
     """Reason for bytes that no allowed Pillow decoder recognised."""
     for signature, name in _IMAGE_SIGNATURES:
-        if data.startswith(signature):
+        if data.startswith(signature) and (name != "BMP" or data[6:10] == bytes(4)):
             return f"truncated or corrupt image ({name} signature, unreadable header)"
     if data[4:8] == b"ftyp" and data[8:12] in _UNSUPPORTED_BRANDS:
         return f"unsupported image format: {_UNSUPPORTED_BRANDS[data[8:12]]}"
@@ -884,7 +869,7 @@ def _describe_text(head: bytes) -> str:
         return "looks like SVG (vector images are not supported)"
     if lowered.startswith("<"):
         return "looks like XML"
-    if lowered.startswith(("{", "[")):
+    if lowered.startswith("{"):
         return "looks like JSON"
     printable = sum(char.isprintable() or char in "\t\r\n" for char in text)
     if text and printable / len(text) > 0.95:

@@ -110,8 +110,13 @@ def find_files(input_base: str, split_pattern: str) -> Iterator[image_files.Foun
     root = _pattern_root(input_base, split_pattern)
     prefix = os.path.relpath(root, input_base)
     for found in image_files.walk_image_folder(root):
-        relative = found.relative_path if prefix == "." else f"{prefix}/{found.relative_path}"
-        yield dataclasses.replace(found, relative_path=relative)
+        if prefix == ".":
+            yield found
+            continue
+        same_file_as = found.same_file_as and f"{prefix}/{found.same_file_as}"
+        yield dataclasses.replace(
+            found, relative_path=f"{prefix}/{found.relative_path}", same_file_as=same_file_as
+        )
 
 
 # ---------------------------------------------------------------------- Beam parts
@@ -163,6 +168,9 @@ def _resolve_duplicates(
                 + (f" (labelled {first.label!r})" if kind == "label conflict" else "")
             ),
             image_bytes=b"",
+            image_format="",
+            width=0,
+            height=0,
         )
 
 

@@ -57,6 +57,7 @@ def _configure_logging(verbose: bool) -> None:
 
 def _add_run_parser(subparsers: argparse._SubParsersAction) -> None:
     run = subparsers.add_parser("run", help="run the pipeline locally on an image folder")
+    run.set_defaults(handler=_run)
     run.add_argument("--data", required=True, help="image folder: one subfolder per class")
     run.add_argument("--workdir", required=True, help="artifacts, ML Metadata and pushed models")
     run.add_argument("--model-name", default="transferline", help="name under the serving dir")
@@ -79,6 +80,7 @@ def _add_run_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     predict = subparsers.add_parser("predict", help="classify images with a pushed model")
+    predict.set_defaults(handler=_predict)
     predict.add_argument("--model", required=True, help="a version dir or the model dir (newest version)")
     predict.add_argument("images", nargs="+", help="image files")
     predict.add_argument("--json", action="store_true", help="print a JSON list")
@@ -191,9 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_run_parser(subparsers)
     _add_predict_parser(subparsers)
     args = parser.parse_args(argv)
-    _configure_logging(args.verbose)
-    handlers = {"run": _run, "predict": _predict}
-    return handlers[args.command](args)
+    _configure_logging(getattr(args, "verbose", False))
+    return args.handler(args)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import tensorflow_model_analysis as tfma
+from google.protobuf import message
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
@@ -83,6 +84,7 @@ def create_pipeline(
     gate: GateConfig = GateConfig(),
     metadata_connection_config: metadata_store_pb2.ConnectionConfig | None = None,
     beam_pipeline_args: Sequence[str] = (),
+    platform_configs: Mapping[str, message.Message] | None = None,
     enable_cache: bool = True,
 ) -> tfx.dsl.Pipeline:
     """Builds the pipeline: image folder in, a blessed model pushed for TF Serving.
@@ -98,6 +100,8 @@ def create_pipeline(
         gate: Blessing thresholds.
         metadata_connection_config: ML Metadata store; None leaves it to the runner.
         beam_pipeline_args: Passed to every Beam-based component.
+        platform_configs: Orchestrator resource requests by node id (for Kubeflow
+            V2, a `PipelineContainerSpec.ResourceSpec`, e.g. GPUs for the Trainer).
         enable_cache: Reuse outputs of nodes whose inputs did not change.
 
     Returns:
@@ -180,6 +184,12 @@ def create_pipeline(
         ),
     ).with_id(PUSHER)
     components.append(pusher)
+
+    for node_id, platform_config in (platform_configs or {}).items():
+        node = next((c for c in components if c.id == node_id), None)
+        if node is None:
+            raise ValueError(f"platform_configs names unknown node {node_id!r}; nodes: {NODE_IDS}")
+        node.with_platform_config(platform_config)
 
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
