@@ -4,23 +4,28 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= demo_work
-EPOCHS ?= 10
+EPOCHS ?= 30
 IMAGE_SIZE ?= 96
 export TF_USE_LEGACY_KERAS := 1
-export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: setup demo test lint clean
 
 setup: $(STAMP)
 
-# TFX 1.16 needs Python 3.10: take python3.10 from PATH, else from pyenv.
+# TFX 1.16 needs Python 3.10: the first candidate that really runs 3.10
+# (PATH, then pyenv's installed versions; a pyenv shim alone may not run).
 $(STAMP): setup.py constraints.txt
-	@py=$$(command -v python3.10 || true); \
-	if [ -z "$$py" ] && command -v pyenv >/dev/null; then \
-	  py=$$(ls -d "$$(pyenv root)"/versions/3.10*/bin/python3.10 2>/dev/null | sort -V | tail -n 1); fi; \
-	if [ -z "$$py" ]; then echo "error: Python 3.10 not found (install it, e.g. 'pyenv install 3.10')" >&2; exit 1; fi; \
-	echo "Using $$py"; \
-	[ -x $(PY) ] || "$$py" -m venv $(VENV)
+	@if [ ! -x $(PY) ]; then \
+	  py=""; \
+	  for candidate in "$$(command -v python3.10)" \
+	      $$(ls -d "$$(pyenv root 2>/dev/null || echo $$HOME/.pyenv)"/versions/3.10*/bin/python3.10 2>/dev/null | sort -rV); do \
+	    if [ -n "$$candidate" ] && "$$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null; then \
+	      py="$$candidate"; break; fi; \
+	  done; \
+	  if [ -z "$$py" ]; then echo "error: Python 3.10 not found; install it (e.g. 'pyenv install 3.10') and retry" >&2; exit 1; fi; \
+	  echo "Creating $(VENV) with $$py"; \
+	  "$$py" -m venv $(VENV); \
+	fi
 	$(PY) -m pip install -q --upgrade pip wheel "setuptools<70"
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)

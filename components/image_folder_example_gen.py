@@ -67,11 +67,19 @@ def detect_layout(data_root: str) -> str:
     return LAYOUT_CLASSES
 
 
-def make_input_config(data_root: str) -> example_gen_pb2.Input:
-    """Input splits for the layout found under `data_root`."""
-    if detect_layout(data_root) == LAYOUT_PRESPLIT:
-        names = {name.rstrip("/") for name in tf.io.gfile.listdir(data_root)}
-        eval_folder = next(name for name in _EVAL_FOLDER_NAMES if name in names)
+def make_input_config(data_root: str, layout: str | None = None) -> example_gen_pb2.Input:
+    """Input splits for `layout`, or for the layout found under `data_root` if None.
+
+    A given layout lists nothing (an object store need not be reachable when a
+    pipeline is compiled); a given LAYOUT_PRESPLIT means train/ and val/.
+    """
+    if layout not in (None, LAYOUT_CLASSES, LAYOUT_PRESPLIT):
+        raise ValueError(f"layout must be {LAYOUT_CLASSES!r} or {LAYOUT_PRESPLIT!r}, got {layout!r}")
+    if (layout or detect_layout(data_root)) == LAYOUT_PRESPLIT:
+        eval_folder = _EVAL_FOLDER_NAMES[0]
+        if layout is None:
+            names = {name.rstrip("/") for name in tf.io.gfile.listdir(data_root)}
+            eval_folder = next(name for name in _EVAL_FOLDER_NAMES if name in names)
         return example_gen_pb2.Input(
             splits=[
                 example_gen_pb2.Input.Split(name=TRAIN_SPLIT, pattern=f"{TRAIN_SPLIT}/*"),
@@ -145,10 +153,11 @@ def _has_image(ingested: image_files.IngestedFile) -> bool:
 def _resolve_duplicates(
     keyed: tuple[str, Iterable[image_files.IngestedFile]],
 ) -> Iterator[image_files.IngestedFile]:
-    """Keeps the first (by path) usable copy of identical content; marks the rest.
+    """Keeps one copy of identical content; reports the others.
 
-    The same bytes under two labels are a conflict: the first label wins and the
-    other copies say so in their reason.
+    Copies under one label: the first by path is kept, the rest are DUPLICATE.
+    Copies under different labels are a conflict nobody can settle here, so
+    every copy is SKIPPED, each reason naming the others.
     """
     _, group = keyed
     group = sorted(group, key=lambda ingested: ingested.relative_path)
@@ -156,22 +165,30 @@ def _resolve_duplicates(
     yield from (ingested for ingested in group if not _has_image(ingested))
     if not usable:
         return
+    labels = sorted({ingested.label for ingested in usable})
+    if len(labels) > 1:
+        for copy in usable:
+            others = ", ".join(
+                f"{other.relative_path} ({other.label})" for other in usable if other is not copy
+            )
+            yield _without_image(
+                copy, image_files.FileStatus.SKIPPED, f"skipped: label conflict: same content as {others}"
+            )
+        return
     first, *copies = usable
     yield first
     for copy in copies:
-        kind = "label conflict" if copy.label != first.label else "duplicate"
-        yield dataclasses.replace(
-            copy,
-            status=image_files.FileStatus.DUPLICATE,
-            reason=(
-                f"{kind}: same content as {first.relative_path}"
-                + (f" (labelled {first.label!r})" if kind == "label conflict" else "")
-            ),
-            image_bytes=b"",
-            image_format="",
-            width=0,
-            height=0,
+        yield _without_image(
+            copy, image_files.FileStatus.DUPLICATE, f"duplicate: same content as {first.relative_path}"
         )
+
+
+def _without_image(
+    ingested: image_files.IngestedFile, status: image_files.FileStatus, reason: str
+) -> image_files.IngestedFile:
+    return dataclasses.replace(
+        ingested, status=status, reason=reason, image_bytes=b"", image_format="", width=0, height=0
+    )
 
 
 def _manifest_row(ingested: image_files.IngestedFile, split_pattern: str) -> str:

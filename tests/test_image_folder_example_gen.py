@@ -1,0 +1,170 @@
+"""ImageFolderExampleGen's executor and driver on real Beam, on tiny generated folders."""
+
+import json
+import os
+import shutil
+
+import pytest
+import tensorflow as tf
+from tfx.proto import example_gen_pb2
+from tfx.types import standard_artifacts
+from tfx.utils import proto_utils
+
+from components import image_folder_example_gen as gen
+from tests.conftest import CLASS_COLOURS, encode, make_image, write_class_folder
+from trainer import features
+
+
+def _run_executor(data_root, tmp_path, min_images_per_class=2):
+    input_config = gen.make_input_config(str(data_root))
+    examples = standard_artifacts.Examples()
+    examples.uri = str(tmp_path / "examples")
+    exec_properties = {
+        "input_base": str(data_root),
+        "input_config": proto_utils.proto_to_json(input_config),
+        "output_config": proto_utils.proto_to_json(gen.make_output_config(input_config, 25)),
+        "output_data_format": example_gen_pb2.FORMAT_TF_EXAMPLE,
+        "output_file_format": example_gen_pb2.FORMAT_TFRECORDS_GZIP,
+        gen.INGEST_OPTIONS_KEY: json.dumps({"max_side": 1024}),
+        gen.MIN_IMAGES_PER_CLASS_KEY: min_images_per_class,
+    }
+    gen.Executor().Do({}, {"examples": [examples]}, exec_properties)
+    return examples
+
+
+def _read_split(examples, split):
+    pattern = os.path.join(examples.uri, f"Split-{split}", "*")
+    dataset = tf.data.TFRecordDataset(tf.io.gfile.glob(pattern), compression_type="GZIP")
+    return [tf.train.Example.FromString(record.numpy()) for record in dataset]
+
+
+def _value(example, key):
+    return example.features.feature[key].bytes_list.value[0]
+
+
+def test_every_file_is_accounted_for(tmp_path):
+    data = write_class_folder(tmp_path / "images", per_class=8)
+    shutil.copy(data / "red" / "000.jpg", data / "red" / "copy_of_000.jpg")
+    shutil.copy(data / "red" / "001.png", data / "blue" / "red_in_blue.png")
+    (data / "green" / "empty.png").write_bytes(b"")
+    (data / "green" / ".DS_Store").write_bytes(b"\0\0")
+    (data / "blue" / "nested").mkdir()
+    (data / "blue" / "nested" / "deep.jpg").write_bytes(
+        encode(make_image(CLASS_COLOURS["blue"], seed=77), "JPEG")
+    )
+
+    examples = _run_executor(data, tmp_path)
+
+    rows = {row["path"]: row for row in gen.read_manifest(examples.uri)}
+    assert len(rows) == 3 * 8 + 5
+    assert rows["red/copy_of_000.jpg"]["status"] == "duplicate"
+    assert "red/000.jpg" in rows["red/copy_of_000.jpg"]["reason"]
+    for path, other in [("blue/red_in_blue.png", "red/001.png (red)"),
+                        ("red/001.png", "blue/red_in_blue.png (blue)")]:
+        assert rows[path]["status"] == "skipped"
+        assert rows[path]["reason"] == f"skipped: label conflict: same content as {other}"
+    assert rows["green/empty.png"]["status"] == "skipped"
+    assert rows["green/.DS_Store"]["status"] == "ignored"
+    assert rows["blue/nested/deep.jpg"]["status"] == "kept"
+
+    train, eval_ = _read_split(examples, "train"), _read_split(examples, "eval")
+    assert len(train) + len(eval_) == 3 * 8 + 1 - 1
+    assert train and eval_
+    paths = [_value(e, features.PATH_KEY).decode() for e in train + eval_]
+    assert len(set(paths)) == len(paths)
+    deep = next(e for e in train + eval_ if _value(e, features.PATH_KEY) == b"blue/nested/deep.jpg")
+    assert _value(deep, features.LABEL_KEY) == b"blue"
+
+    summary = json.loads((tmp_path / "examples" / gen.SUMMARY_FILE).read_text())
+    by_status = summary["by_status"]
+    assert summary["files_seen"] == sum(by_status.values()) == len(rows)
+    assert by_status == {"kept": 24, "converted": 0, "skipped": 3, "ignored": 1, "duplicate": 1}
+    assert summary["images_per_class"] == {"blue": 9, "green": 8, "red": 7}
+    assert examples.get_int_custom_property("files_duplicate") == 1
+
+
+def test_split_is_decided_by_content_hash(tmp_path):
+    data = write_class_folder(tmp_path / "images", per_class=10)
+    first = _run_executor(data, tmp_path / "first")
+    for path in (data / "red").iterdir():  # same bytes under new names
+        path.rename(path.with_name("renamed_" + path.name))
+    second = _run_executor(data, tmp_path / "second")
+
+    def eval_hashes(examples):
+        return sorted(_value(e, features.HASH_KEY) for e in _read_split(examples, "eval"))
+
+    assert eval_hashes(first) == eval_hashes(second)
+
+
+def test_presplit_folders_are_taken_as_given(tmp_path):
+    write_class_folder(tmp_path / "images" / "train", per_class=4)
+    write_class_folder(tmp_path / "images" / "val", per_class=2, seed_offset=500)
+    data = tmp_path / "images"
+    assert gen.detect_layout(str(data)) == gen.LAYOUT_PRESPLIT
+
+    examples = _run_executor(data, tmp_path)
+
+    assert len(_read_split(examples, "train")) == 12
+    eval_ = _read_split(examples, "eval")
+    assert len(eval_) == 6
+    assert all(_value(e, features.PATH_KEY).startswith(b"val/") for e in eval_)
+    assert {_value(e, features.LABEL_KEY) for e in eval_} == {b"red", b"green", b"blue"}
+
+
+def test_one_usable_class_stops_the_run(tmp_path):
+    data = tmp_path / "images"
+    write_class_folder(data, per_class=3)
+    for label in ("green", "blue"):
+        for path in (data / label).iterdir():
+            path.write_bytes(b"<html>404</html>")
+    with pytest.raises(gen.IngestionError, match=r"at least two classes.*found 1 \(red\)"):
+        _run_executor(data, tmp_path)
+
+
+def test_small_classes_stop_the_run(tmp_path):
+    data = write_class_folder(tmp_path / "images", per_class=3)
+    with pytest.raises(gen.IngestionError, match=r"min_images_per_class=5: blue \(3\), green \(3\)"):
+        _run_executor(data, tmp_path, min_images_per_class=5)
+
+
+def _one_class(root):
+    write_class_folder(root, 1)
+    shutil.rmtree(root / "red")
+    shutil.rmtree(root / "green")
+    (root / "green").mkdir()  # an empty class folder is not a class
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda root: None, "does not exist"),
+        (lambda root: root.mkdir(), "no images found"),
+        (_one_class, "at least two class folders.*found 1: blue"),
+    ],
+)
+def test_precheck_names_the_problem(tmp_path, make, message):
+    root = tmp_path / "images"
+    make(root)
+    with pytest.raises(gen.IngestionError, match=message):
+        gen.precheck_data_root(str(root))
+
+
+def test_tree_fingerprint_sees_nested_edits(tmp_path):
+    data = write_class_folder(tmp_path / "images", per_class=2)
+    (data / "red" / "nested").mkdir()
+    nested = data / "red" / "nested" / "x.png"
+    nested.write_bytes(encode(make_image(CLASS_COLOURS["red"], seed=1)))
+    before = gen.tree_fingerprint(str(data), ["*"])
+    assert gen.tree_fingerprint(str(data), ["*"]) == before
+    nested.write_bytes(encode(make_image(CLASS_COLOURS["red"], seed=2), "JPEG"))
+    assert gen.tree_fingerprint(str(data), ["*"]) != before
+
+
+def test_component_refuses_bad_settings(tmp_path):
+    data = write_class_folder(tmp_path / "images", per_class=1)
+    input_config = gen.make_input_config(str(data))
+    with pytest.raises(ValueError, match="min_images_per_class"):
+        gen.ImageFolderExampleGen(
+            input_base=str(data), input_config=input_config,
+            output_config=gen.make_output_config(input_config, 20), min_images_per_class=0,
+        )
