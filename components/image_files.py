@@ -43,7 +43,8 @@ import io
 import os
 import stat
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -159,12 +160,15 @@ class FoundFile:
             path; holds that first relative path. :func:`ingest_file` then
             ignores this path without reading it, so every real file is
             counted once while every path is still accounted for.
+        split: The split folder the file was found under (``"train"``,
+            ``"eval"``, ...), or ``""`` when the folder is not pre-split.
     """
 
     path: str
     relative_path: str
     label: str | None
     same_file_as: str | None = None
+    split: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +186,14 @@ class IngestedFile:
         image_format: ``"jpeg"``, ``"png"`` or ``""``.
         width: Width of ``image_bytes`` (0 if none).
         height: Height of ``image_bytes`` (0 if none).
+        split: As in :class:`FoundFile`.
+        source_width: Width of the image as stored in the file, before any
+            downscale (0 if it could not be read).
+        source_height: Height of the image as stored in the file (0 if none).
+        same_as: For a DUPLICATE, the relative path of the copy that was
+            kept; ``""`` otherwise.
+        leakage: True for a DUPLICATE whose kept copy lies in another given
+            split (the same image in train/ and val/).
     """
 
     relative_path: str
@@ -193,6 +205,16 @@ class IngestedFile:
     image_format: str
     width: int
     height: int
+    split: str = ""
+    source_width: int = 0
+    source_height: int = 0
+    same_as: str = ""
+    leakage: bool = False
+
+    @property
+    def has_image(self) -> bool:
+        """Whether the file yields a training image (KEPT or CONVERTED)."""
+        return self.status in (FileStatus.KEPT, FileStatus.CONVERTED)
 
 
 # --------------------------------------------------------------------------
@@ -411,7 +433,9 @@ def sha256_file(path: str, chunk: int = _READ_CHUNK) -> str:
 
 
 def ingest_file(
-    found: FoundFile, options: IngestOptions = IngestOptions()  # noqa: B008
+    found: FoundFile,
+    options: IngestOptions = IngestOptions(),  # noqa: B008
+    content_hash: str | None = None,
 ) -> IngestedFile:
     """Accounts for one file: ignores, skips, keeps or converts it.
 
@@ -419,11 +443,13 @@ def ingest_file(
     ``found.label is None`` (so a caller may prefix ``relative_path``, e.g.
     with a split folder, without changing the outcome), then
     ``found.same_file_as``. Otherwise the file is read once (hashing as it
-    streams in) and handed to :func:`normalize_image`.
+    streams in, unless the hash is given) and handed to :func:`normalize_image`.
 
     Args:
         found: A file from :func:`walk_image_folder`.
         options: Ingestion settings (validated here).
+        content_hash: The file's sha256 hex when already known (from
+            :func:`screen_file`), so it is not hashed twice.
 
     Returns:
         The outcome; never raises for a bad file.
@@ -436,11 +462,12 @@ def ingest_file(
     if reason is not None:
         return _without_image(found, FileStatus.IGNORED, reason, "")
     try:
-        data, content_hash = _read_regular_file(found.path)
+        data, read_hash = _read_regular_file(found.path, hash_it=content_hash is None)
     except UnusableImage as error:
-        return _without_image(found, FileStatus.SKIPPED, f"skipped: {error}", "")
+        return _without_image(found, FileStatus.SKIPPED, f"skipped: {error}", content_hash or "")
+    content_hash = content_hash or read_hash
     try:
-        encoded, image_format, width, height, note = normalize_image(data, options)
+        normalized = _normalize(data, options)
     except UnusableImage as error:
         return _without_image(
             found, FileStatus.SKIPPED, f"skipped: {error}", content_hash
@@ -449,18 +476,123 @@ def ingest_file(
         # Last line of defence: a bad file must never fail the pipeline.
         reason = f"skipped: unexpected error decoding image ({_describe(error)})"
         return _without_image(found, FileStatus.SKIPPED, reason, content_hash)
-    status = FileStatus.CONVERTED if note else FileStatus.KEPT
+    note = normalized.note
     return IngestedFile(
         relative_path=found.relative_path,
         label=found.label,
-        status=status,
+        status=FileStatus.CONVERTED if note else FileStatus.KEPT,
         reason=f"converted: {note}" if note else "",
         content_hash=content_hash,
-        image_bytes=encoded,
-        image_format=image_format,
-        width=width,
-        height=height,
+        image_bytes=normalized.encoded,
+        image_format=normalized.image_format,
+        width=normalized.width,
+        height=normalized.height,
+        split=found.split,
+        source_width=normalized.source_size[0],
+        source_height=normalized.source_size[1],
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class ScreenedFile:
+    """A found file after the checks that need no decoding.
+
+    Attributes:
+        found: The file.
+        content_hash: sha256 hex of its bytes; ``""`` when ``outcome`` is set.
+        outcome: The final outcome when no decoding is needed (ignored by
+            path, or unreadable); None when the content must be decoded.
+    """
+
+    found: FoundFile
+    content_hash: str
+    outcome: IngestedFile | None = None
+
+
+def screen_file(found: FoundFile) -> ScreenedFile:
+    """Applies the path rules and hashes the file, without decoding it.
+
+    Reading and hashing is far cheaper than decoding, so a folder is first
+    screened file by file; files sharing a hash are then settled together by
+    :func:`resolve_copies`, which decodes each distinct content once.
+
+    Args:
+        found: A file from :func:`walk_image_folder`.
+
+    Returns:
+        The screened file; never raises for a bad file.
+    """
+    reason = _path_ignore_reason(found)
+    if reason is not None:
+        return ScreenedFile(found, "", _without_image(found, FileStatus.IGNORED, reason, ""))
+    try:
+        content_hash = _hash_regular_file(found.path)
+    except UnusableImage as error:
+        outcome = _without_image(found, FileStatus.SKIPPED, f"skipped: {error}", "")
+        return ScreenedFile(found, "", outcome)
+    return ScreenedFile(found, content_hash)
+
+
+def resolve_copies(
+    copies: Iterable[FoundFile],
+    options: IngestOptions = IngestOptions(),  # noqa: B008
+    split_order: Sequence[str] = (),
+    content_hash: str | None = None,
+) -> Iterator[IngestedFile]:
+    """Settles files with the same content hash, decoding that content once.
+
+    The copies are ordered by split (``split_order``, unknown splits last),
+    then by relative path. The first copy is ingested with
+    :func:`ingest_file`, then:
+
+    * if its bytes are unusable, every copy is SKIPPED for that reason;
+    * if the copies carry different labels, every copy is SKIPPED as a label
+      conflict naming the others (nobody can tell which label is right);
+    * otherwise the first copy is KEPT (or CONVERTED) and the others are
+      DUPLICATE with ``same_as`` naming it. A duplicate in another split than
+      the kept copy is marked ``leakage``: given splits that share an image
+      would evaluate on training data, so only the first split keeps it.
+
+    Args:
+        copies: Screened files that share one content hash (at least one).
+        options: Ingestion settings.
+        split_order: Split names in priority order, e.g. ``("train", "eval")``.
+        content_hash: Their hash, as :func:`screen_file` found it; None hashes
+            the first copy again.
+
+    Yields:
+        One outcome per copy.
+    """
+    rank = {split: index for index, split in enumerate(split_order)}
+    ordered = sorted(
+        copies, key=lambda found: (rank.get(found.split, len(rank)), found.relative_path)
+    )
+    first, rest = ordered[0], ordered[1:]
+    outcome = ingest_file(first, options, content_hash)
+    if not outcome.has_image:
+        yield outcome
+        for copy in rest:
+            yield _without_image(copy, outcome.status, outcome.reason, outcome.content_hash)
+        return
+    if len({found.label for found in ordered}) > 1:
+        for copy in ordered:
+            others = ", ".join(
+                f"{other.relative_path} ({other.label})" for other in ordered if other is not copy
+            )
+            reason = f"skipped: label conflict: same content as {others}"
+            yield _without_image(copy, FileStatus.SKIPPED, reason, outcome.content_hash)
+        return
+    yield outcome
+    for copy in rest:
+        leakage = copy.split != first.split
+        reason = f"duplicate: same content as {first.relative_path}"
+        if leakage:
+            reason += f" (leakage: the given splits {first.split} and {copy.split} share it)"
+        yield dataclasses.replace(
+            _without_image(copy, FileStatus.DUPLICATE, reason, outcome.content_hash),
+            same_as=first.relative_path,
+            leakage=leakage,
+        )
 
 
 def _path_ignore_reason(found: FoundFile) -> str | None:
@@ -490,21 +622,16 @@ def _without_image(
         image_format="",
         width=0,
         height=0,
+        split=found.split,
     )
 
 
-def _read_regular_file(path: str) -> tuple[bytes, str]:
-    """Reads a regular file, hashing it while it streams in.
-
-    Args:
-        path: File to read; symlinks are followed.
-
-    Returns:
-        The bytes and their sha256 hex digest.
+def _open_regular_file(path: str) -> io.BufferedReader:
+    """Opens a regular file for reading (symlinks followed).
 
     Raises:
         UnusableImage: For a missing target, a non-regular file (never opened,
-            so a FIFO cannot block) or a read error.
+            so a FIFO cannot block) or an open error.
     """
     try:
         info = os.stat(path)
@@ -513,16 +640,53 @@ def _read_regular_file(path: str) -> tuple[bytes, str]:
         raise UnusableImage(f"{kind} ({_describe(error)})") from error
     if not stat.S_ISREG(info.st_mode):
         raise UnusableImage("not a regular file")
-    digest = hashlib.sha256()
-    pieces = []
     try:
-        with open(path, "rb") as handle:
-            for piece in iter(lambda: handle.read(_READ_CHUNK), b""):
-                digest.update(piece)
-                pieces.append(piece)
+        return open(path, "rb")  # noqa: SIM115 (the caller closes it)
     except OSError as error:
         raise UnusableImage(f"unreadable file ({_describe(error)})") from error
-    return b"".join(pieces), digest.hexdigest()
+
+
+def _hash_regular_file(path: str) -> str:
+    """sha256 hex of a regular file, streamed in chunks (never held whole).
+
+    Raises:
+        UnusableImage: As :func:`_open_regular_file`, or on a read error.
+    """
+    digest = hashlib.sha256()
+    with _open_regular_file(path) as handle:
+        try:
+            for piece in iter(lambda: handle.read(_READ_CHUNK), b""):
+                digest.update(piece)
+        except OSError as error:
+            raise UnusableImage(f"unreadable file ({_describe(error)})") from error
+    return digest.hexdigest()
+
+
+def _read_regular_file(path: str, hash_it: bool = True) -> tuple[bytes, str]:
+    """Reads a regular file, hashing it while it streams in.
+
+    Args:
+        path: File to read; symlinks are followed.
+        hash_it: False skips the hash (returned as "").
+
+    Returns:
+        The bytes and their sha256 hex digest.
+
+    Raises:
+        UnusableImage: For a missing target, a non-regular file (never opened,
+            so a FIFO cannot block) or a read error.
+    """
+    digest = hashlib.sha256() if hash_it else None
+    pieces = []
+    with _open_regular_file(path) as handle:
+        try:
+            for piece in iter(lambda: handle.read(_READ_CHUNK), b""):
+                if digest is not None:
+                    digest.update(piece)
+                pieces.append(piece)
+        except OSError as error:
+            raise UnusableImage(f"unreadable file ({_describe(error)})") from error
+    return b"".join(pieces), digest.hexdigest() if digest is not None else ""
 
 
 def _describe(error: BaseException) -> str:
@@ -548,7 +712,7 @@ def normalize_image(
 
     Otherwise the first frame is decoded (JPEGs larger than needed are
     decoded at 1/2, 1/4 or 1/8 scale through ``draft``), then in order: EXIF
-    orientation applied, downscaled with LANCZOS so the longer side equals
+    orientation applied, downscaled (antialiased bilinear) so the longer side equals
     ``max_side``, and made 8-bit RGB (CMYK/YCCK to RGB, grayscale expanded,
     16-bit values shifted right by 8, palette and alpha composited on white).
 
@@ -575,12 +739,33 @@ def normalize_image(
     Raises:
         UnusableImage: With the reason the bytes cannot be used.
     """
+    normalized = _normalize(data, options)
+    return (
+        normalized.encoded, normalized.image_format, normalized.width,
+        normalized.height, normalized.note,
+    )
+
+
+class _Normalized(NamedTuple):
+    """What :func:`_normalize` made of one file's bytes."""
+
+    encoded: bytes
+    image_format: str
+    width: int
+    height: int
+    note: str
+    source_size: tuple[int, int]
+
+
+def _normalize(data: bytes, options: IngestOptions) -> _Normalized:
+    """:func:`normalize_image`, also returning the size stored in the file."""
     options.validate()
     if not data:
         raise UnusableImage("empty file (0 bytes)")
     image = _open_image(data, options)
+    source_size = image.size
     try:
-        return _normalize_open_image(image, data, options)
+        return _Normalized(*_normalize_open_image(image, data, options), source_size)
     finally:
         image.close()
 
@@ -717,7 +902,7 @@ def _frame_notes(image: Image.Image, source_format: str) -> list[str]:
 
 
 def _resizes_safely(image: Image.Image) -> bool:
-    """Whether LANCZOS resizing in the current mode is correct.
+    """Whether resizing in the current mode is correct.
 
     Resizing before the RGB conversion keeps peak memory near one decoded
     frame; palette, bilevel and colour-keyed images must be expanded first.
@@ -732,11 +917,17 @@ def _resize_note(size: tuple[int, int], max_side: int) -> str:
 
 
 def _downscale(image: Image.Image, max_side: int) -> Image.Image:
-    """LANCZOS downscale so the longer side equals max_side."""
+    """Antialiased bilinear downscale so the longer side equals max_side.
+
+    Pillow's bilinear filter widens with the scale factor, so it averages every
+    source pixel (no aliasing). Not LANCZOS: the difference does not survive
+    Transform's resize to the model's input, and LANCZOS costs twice as much,
+    more than decoding the image (benchmarks/ingest.py).
+    """
     target = _fit_within(image.size, max_side)
     if target is None:
         return image
-    return image.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return image.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
 def _to_rgb8(

@@ -1,19 +1,21 @@
 """ImageFolderExampleGen: a folder of labelled images in, tf.Examples out.
 
-Layouts (see `detect_layout`):
-    classes:   <root>/<class>/**/<image>             split by content hash
-    presplit:  <root>/{train,val|eval}/<class>/**/<image>   splits taken as given
+Layouts, spans and the manifest summary follow `components/image_folder.py`;
+each file follows `components/image_files.py` (both pure Python, shared with
+`transferline scan`). Every file found is accounted for in a manifest written
+beside the examples (`<examples uri>/manifest/`, JSON lines: relative path,
+content hash, label, split, status, reason) and summarised in
+`<examples uri>/ingest_summary.json` and in the artifact's custom properties.
 
-Every file found is accounted for in a manifest written beside the examples
-(`<examples uri>/manifest/`, JSON lines: relative path, content hash, label,
-split, status, reason) and summarised in `<examples uri>/ingest_summary.json`
-and in the artifact's custom properties. Files are read, normalised and
-de-duplicated inside the Beam pipeline, so ingestion scales with the runner.
+The Beam graph streams: files are listed and hashed (cheap, no decoding),
+grouped by content hash (small records only), and each distinct content is
+decoded once, straight into the TFRecord writers. No step holds every image,
+so memory stays flat as the folder grows, and the work spreads over the
+runner's workers (`--direct_num_workers`, Flink, Spark, Dataflow).
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import hashlib
 import json
@@ -27,15 +29,34 @@ from absl import logging
 from tfx import types
 from tfx.components.example_gen import driver as example_gen_driver
 from tfx.components.example_gen import utils as example_gen_utils
+from tfx.components.example_gen import write_split
 from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
 from tfx.components.example_gen.component import FileBasedExampleGen
+from tfx.components.util import examples_utils
 from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.proto import example_gen_pb2, range_config_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import proto_utils
 
-from components import image_files
+from components import image_files, image_folder, image_folder_beam
+from components.image_folder import (  # noqa: F401 (re-exported: this module's API)
+    ALL_SPLIT,
+    EVAL_SPLIT,
+    LAYOUT_CLASSES,
+    LAYOUT_PRESPLIT,
+    LAYOUT_PRESPLIT_TEST,
+    LAYOUTS,
+    SPAN_FOLDER,
+    SPLIT_ORDER,
+    TEST_SPLIT,
+    TRAIN_SPLIT,
+    IngestionError,
+    check_classes,
+    has_spans,
+    manifest_row,
+    summarize_manifest,
+)
 from trainer import features
 
 INGEST_OPTIONS_KEY = "ingest_options"
@@ -43,206 +64,110 @@ MIN_IMAGES_PER_CLASS_KEY = "min_images_per_class"
 MANIFEST_DIR = "manifest"
 SUMMARY_FILE = "ingest_summary.json"
 _MANIFEST_DIR_KEY = "_manifest_dir"
-
-LAYOUT_CLASSES = "classes"
-LAYOUT_PRESPLIT = "presplit"
-TRAIN_SPLIT = "train"
-EVAL_SPLIT = "eval"
-_EVAL_FOLDER_NAMES = ("val", "eval")
+_TFRECORD_FILE_NAME = "data_tfrecord"  # TFX's own name (write_split.DEFAULT_FILE_NAME).
 
 
-class IngestionError(ValueError):
-    """The image folder cannot make a training set (one message says why)."""
+def _gfile_listdir(path: str) -> list[str]:
+    return tf.io.gfile.listdir(path)
 
 
 # --------------------------------------------------------------------------- layout
 
 
+def list_spans(data_root: str) -> list[int]:
+    """Span numbers of the `span-<N>` folders under `data_root` (local or object store)."""
+    return image_folder.list_spans(data_root, _gfile_listdir)
+
+
 def detect_layout(data_root: str) -> str:
-    """Returns LAYOUT_PRESPLIT if `data_root` holds train/ and val/ (or eval/), else LAYOUT_CLASSES."""
-    names = set(tf.io.gfile.listdir(data_root))
-    names = {name.rstrip("/") for name in names}
-    if TRAIN_SPLIT in names and names & set(_EVAL_FOLDER_NAMES):
-        return LAYOUT_PRESPLIT
-    return LAYOUT_CLASSES
+    """Lists `data_root` (and its latest span folder) to name its layout, one of LAYOUTS."""
+    return image_folder.detect_layout(data_root, _gfile_listdir)[0]
 
 
 def make_input_config(data_root: str, layout: str | None = None) -> example_gen_pb2.Input:
     """Input splits for `layout`, or for the layout found under `data_root` if None.
 
     A given layout lists nothing (an object store need not be reachable when a
-    pipeline is compiled); a given LAYOUT_PRESPLIT means train/ and val/.
+    pipeline is compiled); a given presplit layout means train/ and val/.
+
+    Raises:
+        ValueError: `layout` is not one of LAYOUTS.
     """
-    if layout not in (None, LAYOUT_CLASSES, LAYOUT_PRESPLIT):
-        raise ValueError(f"layout must be {LAYOUT_CLASSES!r} or {LAYOUT_PRESPLIT!r}, got {layout!r}")
-    if (layout or detect_layout(data_root)) == LAYOUT_PRESPLIT:
-        eval_folder = _EVAL_FOLDER_NAMES[0]
-        if layout is None:
-            names = {name.rstrip("/") for name in tf.io.gfile.listdir(data_root)}
-            eval_folder = next(name for name in _EVAL_FOLDER_NAMES if name in names)
-        return example_gen_pb2.Input(
-            splits=[
-                example_gen_pb2.Input.Split(name=TRAIN_SPLIT, pattern=f"{TRAIN_SPLIT}/*"),
-                example_gen_pb2.Input.Split(name=EVAL_SPLIT, pattern=f"{eval_folder}/*"),
-            ]
-        )
-    return example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name="all", pattern="*")])
+    if layout is None:
+        layout, eval_folder = image_folder.detect_layout(data_root, _gfile_listdir)
+    else:
+        eval_folder = image_folder.EVAL_FOLDER_NAMES[0]
+    return example_gen_pb2.Input(
+        splits=[
+            example_gen_pb2.Input.Split(name=split.name, pattern=split.pattern)
+            for split in image_folder.split_specs(layout, eval_folder)
+        ]
+    )
 
 
 def make_output_config(
-    input_config: example_gen_pb2.Input, eval_percent: int
+    input_config: example_gen_pb2.Input, eval_percent: int, test_percent: int = 0
 ) -> example_gen_pb2.Output:
-    """Train/eval by content hash for a single input split; given splits otherwise."""
+    """Train/eval(/test) by content hash for a single input split; given splits otherwise."""
     if len(input_config.splits) > 1:
         return example_gen_pb2.Output()
+    splits = [
+        example_gen_pb2.SplitConfig.Split(
+            name=TRAIN_SPLIT, hash_buckets=100 - eval_percent - test_percent
+        ),
+        example_gen_pb2.SplitConfig.Split(name=EVAL_SPLIT, hash_buckets=eval_percent),
+    ]
+    if test_percent:
+        splits.append(example_gen_pb2.SplitConfig.Split(name=TEST_SPLIT, hash_buckets=test_percent))
     return example_gen_pb2.Output(
         split_config=example_gen_pb2.SplitConfig(
-            splits=[
-                example_gen_pb2.SplitConfig.Split(name=TRAIN_SPLIT, hash_buckets=100 - eval_percent),
-                example_gen_pb2.SplitConfig.Split(name=EVAL_SPLIT, hash_buckets=eval_percent),
-            ],
-            partition_feature_name=features.HASH_KEY,
+            splits=splits, partition_feature_name=features.HASH_KEY
         )
     )
 
 
-def _pattern_root(input_base: str, split_pattern: str) -> str:
-    """The folder whose subfolders are the classes, for a pattern like 'train/*'."""
-    if not split_pattern.endswith("*"):
-        raise IngestionError(f"split pattern {split_pattern!r} must end with '*'")
-    return os.path.join(input_base, os.path.dirname(split_pattern))
+def make_range_config(span: int) -> range_config_pb2.RangeConfig | None:
+    """A RangeConfig reading exactly `span`, or None (0) for TFX's default: the latest."""
+    if span == 0:
+        return None
+    return range_config_pb2.RangeConfig(
+        static_range=range_config_pb2.StaticRange(start_span_number=span, end_span_number=span)
+    )
 
 
-def find_files(input_base: str, split_pattern: str) -> Iterator[image_files.FoundFile]:
-    """Every file under the split's class root, relative paths taken from `input_base`."""
-    root = _pattern_root(input_base, split_pattern)
-    prefix = os.path.relpath(root, input_base)
-    for found in image_files.walk_image_folder(root):
-        if prefix == ".":
-            yield found
-            continue
-        same_file_as = found.same_file_as and f"{prefix}/{found.same_file_as}"
-        yield dataclasses.replace(
-            found, relative_path=f"{prefix}/{found.relative_path}", same_file_as=same_file_as
-        )
+def find_files(
+    input_base: str, split_pattern: str, split: str = ""
+) -> Iterator[image_files.FoundFile]:
+    """Every file under the split's class root; see image_folder.find_files."""
+    return image_folder.find_files(input_base, split_pattern, split)
 
 
 # ---------------------------------------------------------------------- Beam parts
 
 
-def _to_example(ingested: image_files.IngestedFile) -> tf.train.Example:
-    def bytes_feature(value: bytes) -> tf.train.Feature:
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-
-    return tf.train.Example(
-        features=tf.train.Features(
-            feature={
-                features.IMAGE_KEY: bytes_feature(ingested.image_bytes),
-                features.LABEL_KEY: bytes_feature(ingested.label.encode()),
-                features.PATH_KEY: bytes_feature(ingested.relative_path.encode()),
-                features.HASH_KEY: bytes_feature(ingested.content_hash.encode()),
-            }
-        )
-    )
-
-
-def _has_image(ingested: image_files.IngestedFile) -> bool:
-    return ingested.status in (image_files.FileStatus.KEPT, image_files.FileStatus.CONVERTED)
-
-
-def _resolve_duplicates(
-    keyed: tuple[str, Iterable[image_files.IngestedFile]],
-) -> Iterator[image_files.IngestedFile]:
-    """Keeps one copy of identical content; reports the others.
-
-    Copies under one label: the first by path is kept, the rest are DUPLICATE.
-    Copies under different labels are a conflict nobody can settle here, so
-    every copy is SKIPPED, each reason naming the others.
-    """
-    _, group = keyed
-    group = sorted(group, key=lambda ingested: ingested.relative_path)
-    usable = [ingested for ingested in group if _has_image(ingested)]
-    yield from (ingested for ingested in group if not _has_image(ingested))
-    if not usable:
-        return
-    labels = sorted({ingested.label for ingested in usable})
-    if len(labels) > 1:
-        for copy in usable:
-            others = ", ".join(
-                f"{other.relative_path} ({other.label})" for other in usable if other is not copy
-            )
-            yield _without_image(
-                copy, image_files.FileStatus.SKIPPED, f"skipped: label conflict: same content as {others}"
-            )
-        return
-    first, *copies = usable
-    yield first
-    for copy in copies:
-        yield _without_image(
-            copy, image_files.FileStatus.DUPLICATE, f"duplicate: same content as {first.relative_path}"
-        )
-
-
-def _without_image(
-    ingested: image_files.IngestedFile, status: image_files.FileStatus, reason: str
-) -> image_files.IngestedFile:
-    return dataclasses.replace(
-        ingested, status=status, reason=reason, image_bytes=b"", image_format="", width=0, height=0
-    )
-
-
-def _manifest_row(ingested: image_files.IngestedFile, split_pattern: str) -> str:
-    return json.dumps(
-        {
-            "path": ingested.relative_path,
-            "content_hash": ingested.content_hash,
-            "label": ingested.label,
-            "split_pattern": split_pattern,
-            "status": ingested.status.value,
-            "reason": ingested.reason,
-        },
-        sort_keys=True,
-    )
-
-
-def _dedup_key(ingested: image_files.IngestedFile) -> tuple[str, image_files.IngestedFile]:
-    return (ingested.content_hash or f"path:{ingested.relative_path}", ingested)
+def _manifest_prefix(exec_properties: dict[str, Any], name: str) -> str:
+    shard_name = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return os.path.join(exec_properties[_MANIFEST_DIR_KEY], f"manifest-{shard_name}")
 
 
 @beam.ptransform_fn
 @beam.typehints.with_input_types(beam.Pipeline)
-@beam.typehints.with_output_types(tf.train.Example)
+@beam.typehints.with_output_types(bytes)
 def _ImageFolderToExample(  # pylint: disable=invalid-name
     pipeline: beam.Pipeline, exec_properties: dict[str, Any], split_pattern: str
 ) -> beam.pvalue.PCollection:
-    """Reads, normalises and de-duplicates one split's files; writes its manifest."""
-    input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+    """One input split's files as serialized tf.Examples (TFX's per-split API)."""
     options = image_files.IngestOptions(**json.loads(exec_properties[INGEST_OPTIONS_KEY]))
-    found = list(find_files(input_base, split_pattern))
-    logging.info("Found %d files under %s/%s", len(found), input_base, split_pattern)
-    accounted = (
-        pipeline
-        | "ListFiles" >> beam.Create(found)
-        | "Spread" >> beam.Reshuffle()
-        | "Ingest" >> beam.Map(image_files.ingest_file, options)
-        | "KeyByHash" >> beam.Map(_dedup_key)
-        | "GroupByHash" >> beam.GroupByKey()
-        | "Deduplicate" >> beam.FlatMap(_resolve_duplicates)
-    )
-    shard_name = hashlib.sha256(split_pattern.encode()).hexdigest()[:8]
-    _ = (
-        accounted
-        | "ToManifestRow" >> beam.Map(_manifest_row, split_pattern)
-        | "WriteManifest"
-        >> beam.io.WriteToText(
-            os.path.join(exec_properties[_MANIFEST_DIR_KEY], f"manifest-{shard_name}"),
-            file_name_suffix=".jsonl",
-        )
-    )
     return (
-        accounted
-        | "KeepImages" >> beam.Filter(_has_image)
-        | "ToExample" >> beam.Map(_to_example)
+        pipeline
+        | "Account" >> image_folder_beam.AccountForFiles(  # pylint: disable=no-value-for-parameter
+            exec_properties[standard_component_specs.INPUT_BASE_KEY],
+            [("", split_pattern)],
+            options,
+            _manifest_prefix(exec_properties, split_pattern),
+        )
+        | "KeepImages" >> beam.Filter(image_folder_beam.has_image)
+        | "ToExample" >> beam.Map(image_folder_beam.serialized_example)
     )
 
 
@@ -258,53 +183,62 @@ def read_manifest(examples_uri: str) -> Iterator[dict[str, Any]]:
                     yield json.loads(line)
 
 
-def summarize_manifest(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Counts by status and images per class; lists skipped files with reasons."""
-    by_status: collections.Counter[str] = collections.Counter()
-    per_class: collections.Counter[str] = collections.Counter()
-    not_used: list[dict[str, str]] = []
-    for row in rows:
-        by_status[row["status"]] += 1
-        if row["status"] in (image_files.FileStatus.KEPT, image_files.FileStatus.CONVERTED):
-            per_class[row["label"]] += 1
-        elif row["status"] != image_files.FileStatus.IGNORED:
-            not_used.append({"path": row["path"], "status": row["status"], "reason": row["reason"]})
-    return {
-        "files_seen": sum(by_status.values()),
-        "by_status": {status.value: by_status[status.value] for status in image_files.FileStatus},
-        "images_per_class": dict(sorted(per_class.items())),
-        "not_used": sorted(not_used, key=lambda row: row["path"]),
-    }
-
-
-def check_classes(images_per_class: dict[str, int], min_images_per_class: int) -> None:
-    """Refuses data that cannot train a classifier.
-
-    Raises:
-        IngestionError: Fewer than two classes have images, or a class has
-            fewer than `min_images_per_class`.
-    """
-    if len(images_per_class) < 2:
-        found = ", ".join(images_per_class) or "none"
-        raise IngestionError(
-            f"need at least two classes with images, found {len(images_per_class)} ({found})"
-        )
-    small = {label: n for label, n in images_per_class.items() if n < min_images_per_class}
-    if small:
-        listed = ", ".join(f"{label} ({n})" for label, n in sorted(small.items()))
-        raise IngestionError(
-            f"classes below min_images_per_class={min_images_per_class}: {listed}"
-        )
-
-
 # ------------------------------------------------------------------- TFX wiring
 
 
+def _parse_configs(
+    exec_properties: dict[str, Any],
+) -> tuple[example_gen_pb2.Input, example_gen_pb2.Output]:
+    input_config = example_gen_pb2.Input()
+    proto_utils.json_to_proto(
+        exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config
+    )
+    output_config = example_gen_pb2.Output()
+    proto_utils.json_to_proto(
+        exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY], output_config
+    )
+    return input_config, output_config
+
+
 class Executor(BaseExampleGenExecutor):
-    """Runs the Beam ingestion, then writes and checks the summary."""
+    """Runs the Beam ingestion in one graph for all splits, then writes and checks the summary."""
 
     def GetInputSourceToExamplePTransform(self) -> beam.PTransform:  # noqa: N802 (TFX API)
         return _ImageFolderToExample
+
+    def GenerateExamplesByBeam(  # noqa: N802 (TFX API)
+        self, pipeline: beam.Pipeline, exec_properties: dict[str, Any]
+    ) -> dict[str, beam.pvalue.PCollection]:
+        """All splits in one graph, so a content hash is settled across splits.
+
+        Returns:
+            Serialized tf.Examples by output split name.
+        """
+        input_config, output_config = _parse_configs(exec_properties)
+        split_names = example_gen_utils.generate_output_split_names(input_config, output_config)
+        given = len(input_config.splits) > 1
+        splits = [(split.name if given else "", split.pattern) for split in input_config.splits]
+        options = image_files.IngestOptions(**json.loads(exec_properties[INGEST_OPTIONS_KEY]))
+        hash_splits = [] if given else [
+            (split.name, split.hash_buckets) for split in output_config.split_config.splits
+        ]
+        account = image_folder_beam.AccountForFiles  # pylint: disable=no-value-for-parameter
+        resolved = pipeline | "Account" >> account(
+            exec_properties[standard_component_specs.INPUT_BASE_KEY],
+            splits,
+            options,
+            _manifest_prefix(exec_properties, "all"),
+            hash_splits,
+        )
+        images = resolved | "KeepImages" >> beam.Filter(image_folder_beam.has_image)
+        partitions = images | "BySplit" >> beam.Partition(
+            image_folder_beam.SplitIndex(split_names), len(split_names)
+        )
+        return {
+            name: partitions[index]
+            | f"ToExample[{name}]" >> beam.Map(image_folder_beam.serialized_example)
+            for index, name in enumerate(split_names)
+        }
 
     def Do(  # noqa: N802 (TFX API)
         self,
@@ -312,6 +246,18 @@ class Executor(BaseExampleGenExecutor):
         output_dict: dict[str, list[types.Artifact]],
         exec_properties: dict[str, Any],
     ) -> None:
+        """Writes the splits, the manifest and the summary; stops on unusable data.
+
+        Unlike BaseExampleGenExecutor.Do, the splits are written without a
+        reshuffle: on a single machine that shuffle holds every encoded image
+        in memory, and the content-hash grouping already leaves them in
+        random order.
+
+        Raises:
+            IngestionError: Fewer than two classes, or a class below
+                `min_images_per_class`.
+        """
+        self._log_startup(input_dict, output_dict, exec_properties)
         examples = artifact_utils.get_single_instance(
             output_dict[standard_component_specs.EXAMPLES_KEY]
         )
@@ -319,8 +265,36 @@ class Executor(BaseExampleGenExecutor):
             **exec_properties,
             _MANIFEST_DIR_KEY: os.path.join(examples.uri, MANIFEST_DIR),
         }
-        super().Do(input_dict, output_dict, exec_properties)
-        summary = summarize_manifest(read_manifest(examples.uri))
+        input_config, output_config = _parse_configs(exec_properties)
+        split_names = example_gen_utils.generate_output_split_names(input_config, output_config)
+        examples.split_names = artifact_utils.encode_split_names(split_names)
+        with self._make_beam_pipeline() as pipeline:
+            for name, records in self.GenerateExamplesByBeam(pipeline, exec_properties).items():
+                split_uri = artifact_utils.get_split_uri([examples], name)
+                _ = records | f"WriteSplit[{name}]" >> image_folder_beam.WriteExamples(
+                    os.path.join(split_uri, _TFRECORD_FILE_NAME)
+                )
+        examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
+        examples_utils.set_file_format(
+            examples, write_split.to_file_format_str(example_gen_pb2.FORMAT_TFRECORDS_GZIP)
+        )
+        # The span as an artifact property too (the driver sets only the custom
+        # property), so TFX's span resolver functions and StatisticsGen see it.
+        examples.span = int(exec_properties.get(example_gen_utils.SPAN_PROPERTY_NAME) or 0)
+        version = exec_properties.get(example_gen_utils.VERSION_PROPERTY_NAME)
+        if version is not None:
+            examples.version = int(version)
+
+        input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+        folders = [
+            folder
+            for split in input_config.splits
+            for folder in image_folder.class_folders(
+                input_base, split.pattern, _gfile_listdir, tf.io.gfile.isdir
+            )
+        ]
+        summary = summarize_manifest(read_manifest(examples.uri), folders)
+        summary["span"] = examples.span
         with tf.io.gfile.GFile(os.path.join(examples.uri, SUMMARY_FILE), "w") as f:
             json.dump(summary, f, indent=2)
         for status, count in summary["by_status"].items():
@@ -328,6 +302,8 @@ class Executor(BaseExampleGenExecutor):
         examples.set_string_custom_property(
             "images_per_class", json.dumps(summary["images_per_class"])
         )
+        for warning in summary["warnings"]:
+            logging.warning("ImageFolderExampleGen: %s", warning)
         check_classes(summary["images_per_class"], exec_properties[MIN_IMAGES_PER_CLASS_KEY])
 
 
@@ -336,6 +312,7 @@ class Driver(example_gen_driver.FileBasedDriver):
 
     TFX's FileBasedDriver fingerprints only what the split pattern matches (the
     class folders), so an image edited in place would not invalidate the cache.
+    The span is resolved first (by the parent), so only that span is walked.
     """
 
     def resolve_exec_properties(self, exec_properties, pipeline_info, component_info):
@@ -358,8 +335,12 @@ def tree_fingerprint(input_base: str, split_patterns: Iterable[str]) -> str:
     digest = hashlib.sha256()
     for pattern in split_patterns:
         for found in find_files(input_base, pattern):
-            stat = tf.io.gfile.stat(found.path)
-            digest.update(f"{found.relative_path}\0{stat.length}\0{stat.mtime_nsec}\n".encode())
+            try:
+                stat = tf.io.gfile.stat(found.path)
+                state = f"{stat.length}\0{stat.mtime_nsec}"
+            except tf.errors.OpError:  # A broken link: ingestion reports it, not the driver.
+                state = "unreadable"
+            digest.update(f"{found.relative_path}\0{state}\n".encode())
     return f"sha256:{digest.hexdigest()}"
 
 
@@ -414,7 +395,8 @@ class ImageFolderExampleGen(FileBasedExampleGen):
             output_config: Output splits; see `make_output_config`.
             ingest_options: Normalisation limits for each image.
             min_images_per_class: A class with fewer usable images stops the run.
-            range_config: Which spans to read, for `{SPAN}` patterns.
+            range_config: Which spans to read, for `{SPAN}` patterns; see
+                `make_range_config`. None reads the latest span.
         """
         ingest_options.validate()
         if min_images_per_class < 1:
@@ -433,18 +415,26 @@ class ImageFolderExampleGen(FileBasedExampleGen):
         base_beam_component.BaseBeamComponent.__init__(self, spec=spec)
 
 
-def precheck_data_root(data_root: str) -> None:
+def count_classes(data_root: str, span: int = 0) -> int:
+    """Class folders of the training split (the span's, for span layouts), found by listing."""
+    _, _, roots = image_folder.resolve_split_roots(
+        data_root, span, _gfile_listdir, tf.io.gfile.isdir
+    )
+    split, _ = roots[0]
+    return len(image_folder.class_folders(data_root, split.pattern, _gfile_listdir, tf.io.gfile.isdir))
+
+
+def precheck_data_root(data_root: str, span: int = 0) -> None:
     """Fast structural check before any pipeline work (no image is decoded).
 
     Raises:
-        IngestionError: The folder is missing, or fewer than two class folders
-            hold files with image extensions.
+        IngestionError: The folder (or span) is missing, or fewer than two
+            class folders of a split hold files with image extensions.
     """
-    if not tf.io.gfile.isdir(data_root):
-        raise IngestionError(f"data folder {data_root!r} does not exist or is not a folder")
-    input_config = make_input_config(data_root)
-    for split in input_config.splits:
-        root = _pattern_root(data_root, split.pattern)
+    _, _, roots = image_folder.resolve_split_roots(
+        data_root, span, _gfile_listdir, tf.io.gfile.isdir
+    )
+    for _, root in roots:
         labels_with_images = set()
         for found in image_files.walk_image_folder(root):
             if found.label not in labels_with_images and image_files.ignore_reason(

@@ -674,7 +674,7 @@ def test_ingest_file_never_raises_even_on_unexpected_errors(tmp_path, monkeypatc
     def explode(data, options):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(image_files, "normalize_image", explode)
+    monkeypatch.setattr(image_files, "_normalize", explode)
     result = ingest_file(FoundFile(str(path), "cats/a.png", "cats"))
     assert result.status is FileStatus.SKIPPED
     assert result.reason == "skipped: unexpected error decoding image (RuntimeError: boom)"
@@ -731,3 +731,103 @@ def test_sha256_file(tmp_path):
     data = os.urandom(3000)
     path.write_bytes(data)
     assert sha256_file(str(path), chunk=1000) == hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------
+# Screening, then settling copies of one content together
+# --------------------------------------------------------------------------
+
+
+def _found(root: Path, relative: str, data: bytes, split: str = "") -> FoundFile:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    parts = relative.split("/")
+    label = parts[1] if split else parts[0]
+    return FoundFile(str(path), relative, label, split=split)
+
+
+def test_screen_file_hashes_without_decoding(tmp_path, monkeypatch):
+    good = _found(tmp_path, "cats/a.jpg", GOOD_JPEG)
+    hidden = _found(tmp_path, "cats/.a.jpg", GOOD_JPEG)
+    missing = FoundFile(str(tmp_path / "cats" / "gone.jpg"), "cats/gone.jpg", "cats")
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("screening decoded an image")
+
+    monkeypatch.setattr(image_files, "_normalize", no_decoding)
+    screened = image_files.screen_file(good)
+    assert screened.content_hash == hashlib.sha256(GOOD_JPEG).hexdigest()
+    assert screened.outcome is None
+    assert image_files.screen_file(hidden).outcome.reason == "ignored: hidden file"
+    unreadable = image_files.screen_file(missing).outcome
+    assert unreadable.status is FileStatus.SKIPPED
+    assert unreadable.reason.startswith("skipped: unreadable file (FileNotFoundError")
+
+
+def test_copies_are_decoded_once_first_is_kept_rest_are_duplicates(tmp_path, monkeypatch):
+    copies = [_found(tmp_path, f"cats/{name}.jpg", GOOD_JPEG) for name in ("b", "a", "c")]
+    decoded = []
+    real_normalize = image_files._normalize
+    monkeypatch.setattr(
+        image_files, "_normalize",
+        lambda data, options: decoded.append(1) or real_normalize(data, options),
+    )
+
+    outcomes = {o.relative_path: o for o in image_files.resolve_copies(copies)}
+
+    assert len(decoded) == 1
+    assert outcomes["cats/a.jpg"].status is FileStatus.KEPT
+    assert outcomes["cats/a.jpg"].source_width == 48
+    for path in ("cats/b.jpg", "cats/c.jpg"):
+        assert outcomes[path].status is FileStatus.DUPLICATE
+        assert outcomes[path].reason == "duplicate: same content as cats/a.jpg"
+        assert outcomes[path].same_as == "cats/a.jpg" and not outcomes[path].leakage
+        assert outcomes[path].image_bytes == b""
+
+
+def test_unusable_copies_all_get_the_decoding_reason(tmp_path):
+    copies = [_found(tmp_path, f"{label}/empty.jpg", b"") for label in ("cats", "dogs")]
+    outcomes = list(image_files.resolve_copies(copies))
+    # Not a label conflict: two empty files say nothing about labels.
+    assert [o.reason for o in outcomes] == ["skipped: empty file (0 bytes)"] * 2
+
+
+def test_copies_under_two_labels_are_a_conflict(tmp_path):
+    copies = [_found(tmp_path, "cats/x.png", GOOD_PNG), _found(tmp_path, "dogs/x.png", GOOD_PNG)]
+    outcomes = {o.relative_path: o for o in image_files.resolve_copies(copies)}
+    assert outcomes["cats/x.png"].reason == (
+        "skipped: label conflict: same content as dogs/x.png (dogs)")
+    assert outcomes["dogs/x.png"].status is FileStatus.SKIPPED
+    assert not any(o.image_bytes for o in outcomes.values())
+
+
+def test_a_copy_in_another_given_split_is_leakage_kept_in_the_first_split(tmp_path):
+    copies = [
+        _found(tmp_path, "val/cats/x.jpg", GOOD_JPEG, split="eval"),
+        _found(tmp_path, "train/cats/zz.jpg", GOOD_JPEG, split="train"),
+        _found(tmp_path, "train/cats/aa.jpg", GOOD_JPEG, split="train"),
+    ]
+    outcomes = {o.relative_path: o for o in image_files.resolve_copies(
+        copies, split_order=("train", "eval"))}
+    assert outcomes["train/cats/aa.jpg"].status is FileStatus.KEPT
+    assert outcomes["train/cats/aa.jpg"].split == "train"
+    assert not outcomes["train/cats/zz.jpg"].leakage
+    leaked = outcomes["val/cats/x.jpg"]
+    assert leaked.status is FileStatus.DUPLICATE and leaked.leakage and leaked.split == "eval"
+    assert leaked.reason == ("duplicate: same content as train/cats/aa.jpg "
+                             "(leakage: the given splits train and eval share it)")
+
+
+def test_a_known_hash_is_not_computed_again(tmp_path, monkeypatch):
+    found = _found(tmp_path, "cats/a.jpg", GOOD_JPEG)
+    screened = image_files.screen_file(found)
+    expected = hashlib.sha256(GOOD_JPEG).hexdigest()
+
+    def no_hashing(*args):
+        raise AssertionError("hashed twice")
+
+    monkeypatch.setattr(image_files.hashlib, "sha256", no_hashing)
+    (outcome,) = image_files.resolve_copies([found], content_hash=screened.content_hash)
+    assert outcome.status is FileStatus.KEPT
+    assert outcome.content_hash == screened.content_hash == expected

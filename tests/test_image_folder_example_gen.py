@@ -15,19 +15,28 @@ from tests.conftest import CLASS_COLOURS, encode, make_image, write_class_folder
 from trainer import features
 
 
-def _run_executor(data_root, tmp_path, min_images_per_class=2):
-    input_config = gen.make_input_config(str(data_root))
+def _run_executor(data_root, tmp_path, min_images_per_class=2, test_percent=0, span=None,
+                  input_config=None):
+    input_config = input_config or gen.make_input_config(str(data_root))
+    if span is not None:  # What the driver does: fill the {SPAN} spec in.
+        for split in input_config.splits:
+            split.pattern = split.pattern.replace("{SPAN}", str(span))
     examples = standard_artifacts.Examples()
     examples.uri = str(tmp_path / "examples")
     exec_properties = {
         "input_base": str(data_root),
         "input_config": proto_utils.proto_to_json(input_config),
-        "output_config": proto_utils.proto_to_json(gen.make_output_config(input_config, 25)),
+        "output_config": proto_utils.proto_to_json(
+            gen.make_output_config(input_config, 25, test_percent)
+        ),
         "output_data_format": example_gen_pb2.FORMAT_TF_EXAMPLE,
         "output_file_format": example_gen_pb2.FORMAT_TFRECORDS_GZIP,
         gen.INGEST_OPTIONS_KEY: json.dumps({"max_side": 1024}),
         gen.MIN_IMAGES_PER_CLASS_KEY: min_images_per_class,
     }
+    if span is not None:
+        exec_properties["span"] = span
+        exec_properties["version"] = None
     gen.Executor().Do({}, {"examples": [examples]}, exec_properties)
     return examples
 
@@ -158,6 +167,8 @@ def test_tree_fingerprint_sees_nested_edits(tmp_path):
     assert gen.tree_fingerprint(str(data), ["*"]) == before
     nested.write_bytes(encode(make_image(CLASS_COLOURS["red"], seed=2), "JPEG"))
     assert gen.tree_fingerprint(str(data), ["*"]) != before
+    os.symlink("missing.jpg", data / "red" / "broken_link.jpg")  # accounted for, not fatal
+    assert gen.tree_fingerprint(str(data), ["*"]) != before
 
 
 def test_component_refuses_bad_settings(tmp_path):
@@ -168,3 +179,123 @@ def test_component_refuses_bad_settings(tmp_path):
             input_base=str(data), input_config=input_config,
             output_config=gen.make_output_config(input_config, 20), min_images_per_class=0,
         )
+
+
+def _summary(examples):
+    with open(os.path.join(examples.uri, gen.SUMMARY_FILE)) as f:
+        return json.load(f)
+
+
+def test_counts_reconcile_with_every_path_the_walk_finds(tmp_path):
+    data = write_class_folder(tmp_path / "images", per_class=4)
+    shutil.copy(data / "red" / "000.jpg", data / "red" / "again.jpg")
+    (data / "green" / "page.jpg").write_bytes(b"<html>404</html>")
+    (data / "blue" / "notes.txt").write_text("notes")
+    (data / "empty_class").mkdir()
+    os.symlink(data / "red" / "001.png", data / "blue" / "link.png")
+
+    examples = _run_executor(data, tmp_path)
+
+    walked = list(gen.find_files(str(data), "*"))
+    summary = _summary(examples)
+    by_status = summary["by_status"]
+    assert summary["files_seen"] == len(walked) == 3 * 4 + 4
+    assert summary["files_seen"] == (
+        by_status["kept"] + by_status["converted"] + by_status["skipped"]
+        + by_status["ignored"] + by_status["duplicate"])
+    assert summary["reconciles"] is True
+    assert by_status == {"kept": 12, "converted": 0, "skipped": 1, "ignored": 2, "duplicate": 1}
+    # An empty class folder is a warning, not a class.
+    assert "empty_class" not in summary["images_per_class"]
+    assert summary["empty_class_folders"] == ["empty_class/"]
+    assert summary["warnings"] == ["class folder empty_class/ holds no usable image: not a class"]
+
+
+def test_manifest_split_is_where_each_image_landed(tmp_path):
+    data = write_class_folder(tmp_path / "images", per_class=12)
+    examples = _run_executor(data, tmp_path, test_percent=25)
+
+    assert json.loads(examples.split_names) == ["train", "eval", "test"]
+    landed = {
+        _value(e, features.PATH_KEY).decode(): split
+        for split in ("train", "eval", "test") for e in _read_split(examples, split)
+    }
+    rows = {row["path"]: row for row in gen.read_manifest(examples.uri)}
+    assert len(landed) == 36 and all(rows[path]["split"] == split for path, split in landed.items())
+    assert set(landed.values()) == {"train", "eval", "test"}
+    assert examples.get_string_custom_property("payload_format") == "FORMAT_TF_EXAMPLE"
+    per_split = _summary(examples)["images_per_split"]
+    assert sum(sum(counts.values()) for counts in per_split.values()) == 36
+
+
+def test_presplit_test_split_and_leakage_across_given_splits(tmp_path):
+    data = tmp_path / "images"
+    write_class_folder(data / "train", per_class=4)
+    write_class_folder(data / "val", per_class=2, seed_offset=500)
+    write_class_folder(data / "test", per_class=2, seed_offset=900)
+    shutil.copy(data / "train" / "red" / "000.jpg", data / "val" / "red" / "leaked.jpg")
+    shutil.copy(data / "train" / "blue" / "001.png", data / "test" / "blue" / "leaked.png")
+    assert gen.detect_layout(str(data)) == gen.LAYOUT_PRESPLIT_TEST
+
+    examples = _run_executor(data, tmp_path)
+
+    assert json.loads(examples.split_names) == ["train", "eval", "test"]
+    assert [len(_read_split(examples, s)) for s in ("train", "eval", "test")] == [12, 6, 6]
+    rows = {row["path"]: row for row in gen.read_manifest(examples.uri)}
+    leaked = rows["val/red/leaked.jpg"]
+    assert leaked["status"] == "duplicate" and leaked["leakage"] is True
+    assert leaked["same_as"] == "train/red/000.jpg" and leaked["split"] == "eval"
+    assert "leakage" in leaked["reason"]
+    summary = _summary(examples)
+    assert [row["path"] for row in summary["leakage"]] == [
+        "test/blue/leaked.png", "val/red/leaked.jpg"]
+    assert any("2 images appear in more than one given split" in w for w in summary["warnings"])
+    assert summary["images_per_split"]["test"] == {"blue": 2, "green": 2, "red": 2}
+
+
+def test_span_layout_reads_the_resolved_span_and_records_it(tmp_path):
+    data = tmp_path / "images"
+    write_class_folder(data / "span-1", per_class=2)
+    write_class_folder(data / "span-2", per_class=3, seed_offset=700)
+    assert gen.detect_layout(str(data)) == "span-classes"
+
+    examples = _run_executor(data, tmp_path, span=2)
+
+    assert examples.span == 2
+    paths = {_value(e, features.PATH_KEY).decode()
+             for split in ("train", "eval") for e in _read_split(examples, split)}
+    assert len(paths) == 9 and all(path.startswith("span-2/") for path in paths)
+    assert _summary(examples)["span"] == 2
+
+
+def test_driver_resolves_the_latest_span_or_the_one_asked(tmp_path):
+    data = tmp_path / "images"
+    for span in (1, 2, 3):
+        write_class_folder(data / f"span-{span}", per_class=1, seed_offset=span)
+    input_config = gen.make_input_config(str(data))
+    exec_properties = {
+        "input_base": str(data),
+        "input_config": proto_utils.proto_to_json(input_config),
+        "range_config": None,
+    }
+
+    def resolve(range_config):
+        properties = dict(exec_properties)
+        if range_config is not None:
+            properties["range_config"] = proto_utils.proto_to_json(range_config)
+        return gen.Driver(None).resolve_exec_properties(properties, None, None)
+
+    latest = resolve(None)
+    assert latest["span"] == 3 and '"span-3/*"' in latest["input_config"]
+    second = resolve(gen.make_range_config(2))
+    assert second["span"] == 2 and '"span-2/*"' in second["input_config"]
+    assert second["input_fingerprint"] != latest["input_fingerprint"]
+    assert gen.make_range_config(0) is None
+
+
+def test_explicit_layouts_list_nothing():
+    config = gen.make_input_config("gs://unreachable/images", "span-presplit-test")
+    assert [split.pattern for split in config.splits] == [
+        "span-{SPAN}/train/*", "span-{SPAN}/val/*", "span-{SPAN}/test/*"]
+    with pytest.raises(ValueError, match="layout must be one of"):
+        gen.make_input_config("gs://unreachable/images", "flat")

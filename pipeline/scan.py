@@ -1,0 +1,330 @@
+"""`transferline scan DIR [--json]`: the ingestion rules on a folder, without training.
+
+Applies exactly what ImageFolderExampleGen applies (`components/image_folder.py`
+for the layout, spans and splits, `components/image_files.py` for each file),
+without TensorFlow or Beam, on a pool of worker processes: every file is
+hashed, each distinct content decoded once. It reports per-class counts, what
+would be skipped and why, duplicates, label conflicts, leakage between given
+splits, and the image-size distribution; the exit status says whether the
+folder can train (0) or not (2), so it can gate every data drop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import multiprocessing
+import re
+import statistics
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from components import image_files, image_folder
+
+EXIT_OK = 0
+EXIT_UNFIT = 2
+_SIZE_BUCKETS = (256, 512, 1024, 2048, 4096)
+_LISTED = 20  # Lines per section in the text report; --json lists everything.
+_CONFLICT = "skipped: label conflict"
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanSettings:
+    """What a scan applies; the defaults are ingestion's (see pipeline.config.IngestConfig).
+
+    Attributes:
+        span: With span-<N> folders, the span to scan; 0 means the latest.
+        max_side: Longer sides above this would be downscaled.
+        eval_percent: Eval share by content hash, for folders not pre-split.
+        test_percent: Test share by content hash, for folders not pre-split.
+        min_images_per_class: A class with fewer usable images cannot train.
+        workers: Worker processes; 1 scans in this process.
+    """
+
+    span: int = 0
+    max_side: int = 1024
+    eval_percent: int = 20
+    test_percent: int = 0
+    min_images_per_class: int = 2
+    workers: int = 2
+
+    def validate(self) -> ScanSettings:
+        """Raises ValueError naming an impossible setting; returns self."""
+        from pipeline.config import IngestConfig  # The same bounds as a run.
+
+        IngestConfig(
+            eval_percent=self.eval_percent, test_percent=self.test_percent,
+            min_images_per_class=self.min_images_per_class, max_side=self.max_side,
+            span=self.span,
+        ).validate()
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        return self
+
+
+# ------------------------------------------------------------------------ scanning
+
+
+def _settle(
+    group: tuple[str, list[image_files.FoundFile], image_files.IngestOptions],
+) -> list[image_files.IngestedFile]:
+    """resolve_copies in a worker, without shipping image bytes back."""
+    content_hash, copies, options = group
+    return [
+        dataclasses.replace(outcome, image_bytes=b"")
+        for outcome in image_files.resolve_copies(
+            copies, options, image_folder.SPLIT_ORDER, content_hash)
+    ]
+
+
+class _InProcess:
+    """The slice of multiprocessing.Pool's API a scan uses, run in this process."""
+
+    def imap_unordered(self, function, items, chunksize=1):  # noqa: ARG002
+        return map(function, items)
+
+    def __enter__(self) -> _InProcess:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        return None
+
+
+def _pool(workers: int):
+    if workers == 1:
+        return _InProcess()
+    # spawn: safe whatever threads the caller runs (fork is not, once TF is loaded).
+    return multiprocessing.get_context("spawn").Pool(workers)
+
+
+def account_for_files(
+    data_root: str, settings: ScanSettings
+) -> tuple[str, int, list[image_files.IngestedFile], list[str]]:
+    """Every file's outcome under the ingestion rules.
+
+    Returns:
+        (layout, span, one outcome per file found, the class folders found).
+
+    Raises:
+        image_folder.IngestionError: The folder or span does not exist.
+        OSError: A folder cannot be listed.
+    """
+    layout, span, roots = image_folder.resolve_split_roots(data_root, settings.span)
+    given = len(roots) > 1
+    found: list[image_files.FoundFile] = []
+    folders: list[str] = []
+    for split, _ in roots:
+        folders += image_folder.class_folders(data_root, split.pattern)
+        found += image_folder.find_files(data_root, split.pattern, split.name if given else "")
+    options = image_files.IngestOptions(max_side=settings.max_side)
+    outcomes: list[image_files.IngestedFile] = []
+    with _pool(settings.workers) as pool:
+        by_hash: dict[str, list[image_files.FoundFile]] = collections.defaultdict(list)
+        for screened in pool.imap_unordered(image_files.screen_file, found, chunksize=32):
+            if screened.outcome is not None:
+                outcomes.append(screened.outcome)
+            else:
+                by_hash[screened.content_hash].append(screened.found)
+        groups = ((content_hash, copies, options) for content_hash, copies in by_hash.items())
+        for settled in pool.imap_unordered(_settle, groups, chunksize=4):
+            outcomes += settled
+    if not given:
+        splits = [(image_folder.TRAIN_SPLIT, 100 - settings.eval_percent - settings.test_percent),
+                  (image_folder.EVAL_SPLIT, settings.eval_percent)]
+        if settings.test_percent:
+            splits.append((image_folder.TEST_SPLIT, settings.test_percent))
+        outcomes = [
+            dataclasses.replace(
+                outcome, split=image_folder.hash_split(outcome.content_hash, splits))
+            if outcome.content_hash else outcome
+            for outcome in outcomes
+        ]
+    outcomes.sort(key=lambda outcome: outcome.relative_path)
+    return layout, span, outcomes, folders
+
+
+def scan_folder(data_root: str, settings: ScanSettings = ScanSettings()) -> dict[str, Any]:
+    """Scans a folder; returns the report `--json` prints.
+
+    Raises:
+        image_folder.IngestionError: The folder or span does not exist.
+        ValueError: A setting is impossible.
+    """
+    settings.validate()
+    started = time.monotonic()
+    layout, span, outcomes, folders = account_for_files(data_root, settings)
+    summary = image_folder.summarize_manifest(
+        (image_folder.manifest_row(outcome) for outcome in outcomes), folders
+    )
+    problems = []
+    try:
+        image_folder.check_classes(summary["images_per_class"], settings.min_images_per_class)
+    except image_folder.IngestionError as error:
+        problems.append(str(error))
+    not_used = summary.pop("not_used")
+    return {
+        "data_root": data_root,
+        "layout": layout,
+        "span": span,
+        "seconds": round(time.monotonic() - started, 3),
+        **summary,
+        "skipped": [row for row in not_used
+                    if row["status"] == "skipped" and not row["reason"].startswith(_CONFLICT)],
+        "conflicts": [row for row in not_used if row["reason"].startswith(_CONFLICT)],
+        "duplicates": [
+            {"path": o.relative_path, "same_as": o.same_as, "leakage": o.leakage}
+            for o in outcomes if o.status is image_files.FileStatus.DUPLICATE
+        ],
+        "reasons": _reason_counts(outcomes),
+        "image_sizes": size_distribution(
+            (o.source_width, o.source_height) for o in outcomes if o.has_image
+        ),
+        "downscaled": sum(1 for o in outcomes
+                          if o.has_image
+                          and max(o.source_width, o.source_height) > settings.max_side),
+        "problems": problems,
+        "fit": not problems,
+    }
+
+
+def _reason_kind(reason: str) -> str:
+    """'skipped: truncated or corrupt image' for any such reason, whatever its details."""
+    kind = re.sub(r"\s*\(.*", "", reason)  # Details in parentheses.
+    kind = re.sub(r" as \S+$", "", kind)  # The other copy's path.
+    return re.sub(r"\s+\d+x\d+ to \d+x\d+", "", kind)  # Sizes of a downscale.
+
+
+def _reason_counts(outcomes: Iterable[image_files.IngestedFile]) -> dict[str, int]:
+    """How many files share each kind of reason (each conversion step counted)."""
+    counts: collections.Counter[str] = collections.Counter()
+    for outcome in outcomes:
+        if not outcome.reason:
+            continue
+        status, _, details = outcome.reason.partition(": ")
+        parts = details.split("; ") if status == "converted" else [details]
+        for part in parts:
+            counts[_reason_kind(f"{status}: {part}")] += 1
+    return dict(sorted(counts.items()))
+
+
+def size_distribution(sizes: Iterable[tuple[int, int]]) -> dict[str, Any]:
+    """Longest-side histogram and width/height ranges of the usable images, as stored."""
+    widths, heights = [], []
+    buckets: collections.Counter[str] = collections.Counter()
+    for width, height in sizes:
+        widths.append(width)
+        heights.append(height)
+        buckets[_bucket(max(width, height))] += 1
+    names = [_bucket(edge - 1) for edge in _SIZE_BUCKETS] + [_bucket(_SIZE_BUCKETS[-1])]
+
+    def summary(values: Sequence[int]) -> dict[str, float]:
+        if not values:
+            return {}
+        return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+    return {
+        "longest_side": {name: buckets[name] for name in names},
+        "width": summary(widths),
+        "height": summary(heights),
+    }
+
+
+def _bucket(longest: int) -> str:
+    low = 0
+    for edge in _SIZE_BUCKETS:
+        if longest < edge:
+            return f"{low}-{edge - 1}"
+        low = edge
+    return f">={_SIZE_BUCKETS[-1]}"
+
+
+# ------------------------------------------------------------------------- report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The scan report as text, a few lines per section."""
+    return "\n".join(_report_lines(report))
+
+
+def _report_lines(report: dict[str, Any]) -> Iterator[str]:
+    span = f", span {report['span']}" if report["span"] else ""
+    yield (f"Scanned {report['data_root']} (layout {report['layout']}{span}): "
+           f"{report['files_seen']} files in {report['seconds']:.1f}s")
+    counts = report["by_status"]
+    yield (f"  files:      {report['files_seen']} seen = {counts['kept']} kept + "
+           f"{counts['converted']} converted + {counts['skipped']} skipped + "
+           f"{counts['ignored']} ignored + {counts['duplicate']} duplicates")
+    per_split = report["images_per_split"]
+    for label, total in report["images_per_class"].items():
+        by_split = ", ".join(
+            f"{split} {counts.get(label, 0)}" for split, counts in per_split.items())
+        yield f"  class:      {label:<20} {total:>6} images ({by_split})"
+    sizes = report["image_sizes"]
+    if sizes["width"]:
+        histogram = ", ".join(f"{name}: {n}" for name, n in sizes["longest_side"].items() if n)
+        yield f"  sizes:      longest side {histogram}"
+        yield (f"              width {sizes['width']['min']}..{sizes['width']['max']} "
+               f"(median {sizes['width']['median']:g}), height {sizes['height']['min']}.."
+               f"{sizes['height']['max']} (median {sizes['height']['median']:g}); "
+               f"{report['downscaled']} would be downscaled")
+    for index, (reason, n) in enumerate(report["reasons"].items()):
+        yield f"  {'reasons:' if index == 0 else '':<11} {n:>5}  {reason}"
+    yield from _listed("skipped", report["skipped"], lambda row: f"{row['path']}: {row['reason']}")
+    yield from _listed(
+        "conflict", report["conflicts"], lambda row: f"{row['path']}: {row['reason']}")
+    yield from _listed(
+        "duplicate", report["duplicates"],
+        lambda row: f"{row['path']} = {row['same_as']}" + (" (leakage)" if row["leakage"] else ""),
+    )
+    for warning in report["warnings"]:
+        yield f"  warning:    {warning}"
+    for problem in report["problems"]:
+        yield f"  problem:    {problem}"
+    yield "  verdict:    " + ("ready to train" if report["fit"] else "cannot train (see problems)")
+
+
+def _listed(title: str, rows: list[dict[str, Any]], describe) -> Iterator[str]:
+    for row in rows[:_LISTED]:
+        yield f"  {title + ':':<11} {describe(row)}"
+    if len(rows) > _LISTED:
+        yield f"  {title + ':':<11} ... and {len(rows) - _LISTED} more (--json lists all)"
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Adds `scan` to the `transferline` command."""
+    scan = subparsers.add_parser(
+        "scan", help="apply the ingestion rules to an image folder, without training"
+    )
+    scan.set_defaults(handler=run_scan)
+    scan.add_argument("data", metavar="DIR", help="image folder (same layouts as `run --data`)")
+    scan.add_argument("--json", action="store_true", help="print the full report as JSON")
+    scan.add_argument("--span", type=int, help="with span-N folders: the span (default latest)")
+    scan.add_argument("--max-side", type=int)
+    scan.add_argument("--eval-percent", type=int)
+    scan.add_argument("--test-percent", type=int)
+    scan.add_argument("--min-images-per-class", type=int)
+    scan.add_argument("--workers", type=int, help="worker processes (default 2)")
+    scan.add_argument("--verbose", action="store_true")
+
+
+def run_scan(args: argparse.Namespace) -> int:
+    """Handler of `transferline scan`: 0 when the folder can train, 2 otherwise."""
+    given = {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(ScanSettings)
+        if getattr(args, field.name, None) is not None
+    }
+    try:
+        report = scan_folder(args.data, ScanSettings(**given))
+    except (ValueError, OSError) as error:  # IngestionError is a ValueError.
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_UNFIT
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return EXIT_OK if report["fit"] else EXIT_UNFIT
