@@ -5,9 +5,21 @@
   re-run of an unchanged pipeline re-blesses the same model, and TF Serving
   should not see a second identical version.
 * On a local filesystem a version directory appears only when complete: it is
-  written beside its final place and renamed into it. Elsewhere `saved_model.pb`
-  is copied last, which TF Serving waits for.
-* Versions never collide: a new version is greater than every existing one.
+  written beside its final place under a hidden, non-numeric name (which TF
+  Serving ignores) and renamed into place. Elsewhere `saved_model.pb` is copied
+  last, which TF Serving waits for.
+* Versions never collide: a new version is greater than every existing one, and
+  if a concurrent push took the number first, the rename fails and the next
+  number is tried.
+* Each version carries TF Serving warm-up requests
+  (`assets.extra/tf_serving_warmup_requests`: a batch of 1 and of 32 images for
+  `serving_default`), so the first real request does not pay for lazy
+  initialisation.
+* Only the newest `keep_versions` versions stay (custom_config
+  ``{"keep_versions": K}``); the one just pushed is never deleted. A deleted
+  version is renamed out of TF Serving's sight before it is removed.
+* `<serving dir>/models.config` (TF Serving's `--model_config_file`, a
+  ModelServerConfig text proto) lists every model under the serving directory.
 """
 
 from __future__ import annotations
@@ -15,21 +27,41 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
+from google.protobuf import text_format
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+from tensorflow_serving.config import model_server_config_pb2
 from tfx import types
 from tfx.components.pusher import executor as tfx_pusher_executor
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
-from tfx.utils import io_utils, proto_utils
+from tfx.utils import io_utils, json_utils, proto_utils
 from tfx.v1.components import Pusher
 
+from trainer import export
+
 SOURCE_FILE = os.path.join("assets.extra", "transferline_source.json")
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MODELS_CONFIG_FILE = "models.config"
 ALREADY_SERVING_PROPERTY = "already_serving_version"
+KEEP_VERSIONS_KEY = "keep_versions"
+DEFAULT_KEEP_VERSIONS = 5
+WARMUP_BATCH_SIZES = (1, 32)
+STALE_INCOMPLETE_SECONDS = 24 * 3600
 _SAVED_MODEL_PB = "saved_model.pb"
+_INCOMPLETE = ".incomplete-"
+_DELETING = ".deleting-"
+_RENAME_ATTEMPTS = 10
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
 
 
 def list_versions(base_directory: str) -> list[int]:
@@ -58,33 +90,162 @@ def find_version_serving(base_directory: str, model_uri: str) -> int | None:
 
 
 def next_version(base_directory: str) -> int:
-    """A Unix-time version, bumped past every existing version."""
+    """A Unix-time version, bumped past every existing version (complete or not)."""
     existing = list_versions(base_directory)
-    return max(int(time.time()), existing[-1] + 1 if existing else 0)
+    if tf.io.gfile.isdir(base_directory):
+        existing += [
+            int(name.rstrip("/"))
+            for name in tf.io.gfile.listdir(base_directory)
+            if name.rstrip("/").isdigit()
+        ]
+    return max([int(time.time())] + [version + 1 for version in existing])
+
+
+def warmup_requests(model_name: str, batch_sizes: tuple[int, ...] = WARMUP_BATCH_SIZES) -> list:
+    """PredictionLogs TF Serving replays at load: `serving_default` on small JPEGs."""
+    ramp = np.linspace(0, 255, 64, dtype=np.uint8)
+    pixels = np.stack(np.broadcast_arrays(ramp[:, None], ramp[None, :], ramp[::-1, None]), -1)
+    image = tf.io.encode_jpeg(pixels).numpy()
+    logs = []
+    for batch_size in batch_sizes:
+        request = predict_pb2.PredictRequest(
+            model_spec=model_pb2.ModelSpec(
+                name=model_name, signature_name=export.SERVING_DEFAULT
+            )
+        )
+        request.inputs[export.IMAGE_BYTES_INPUT].CopyFrom(
+            tf.make_tensor_proto([image] * batch_size, dtype=tf.string)
+        )
+        logs.append(
+            prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)
+            )
+        )
+    return logs
+
+
+def write_warmup_requests(version_dir: str, model_name: str) -> str:
+    """Writes `assets.extra/tf_serving_warmup_requests` (TFRecord of PredictionLog)."""
+    path = os.path.join(version_dir, WARMUP_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.TFRecordWriter(path) as writer:
+        for log in warmup_requests(model_name):
+            writer.write(log.SerializeToString())
+    return path
 
 
 def push_model(model_path: str, base_directory: str, version: int, model_uri: str) -> str:
     """Copies a SavedModel to `<base_directory>/<version>`, complete or not at all.
 
+    On a local filesystem, if another push took `version` meanwhile, the next
+    free number is used.
+
     Returns:
         The version directory written.
     """
-    final_path = os.path.join(base_directory, str(version))
-    local = "://" not in base_directory
-    target = os.path.join(base_directory, f".{version}.incomplete") if local else final_path
-    if local and tf.io.gfile.exists(target):
-        tf.io.gfile.rmtree(target)
+    model_name = os.path.basename(base_directory.rstrip("/"))
+    local = _is_local(base_directory)
+    target = (
+        os.path.join(base_directory, f".{version}{_INCOMPLETE}{uuid.uuid4().hex[:8]}")
+        if local
+        else os.path.join(base_directory, str(version))
+    )
     io_utils.copy_dir(model_path, target, deny_regex_patterns=[r"saved_model\.pb"])
     source = os.path.join(target, SOURCE_FILE)
     tf.io.gfile.makedirs(os.path.dirname(source))
     with tf.io.gfile.GFile(source, "w") as f:
         json.dump({"model_uri": model_uri, "pushed_at": time.time()}, f)
+    write_warmup_requests(target, model_name)
     io_utils.copy_file(
         os.path.join(model_path, _SAVED_MODEL_PB), os.path.join(target, _SAVED_MODEL_PB)
     )
-    if local:
-        os.rename(target, final_path)
-    return final_path
+    if not local:
+        return target
+    for _ in range(_RENAME_ATTEMPTS):
+        final_path = os.path.join(base_directory, str(version))
+        try:
+            os.rename(target, final_path)
+            return final_path
+        except OSError:  # taken by a concurrent push: a non-empty directory
+            version = next_version(base_directory)
+    tf.io.gfile.rmtree(target)
+    raise RuntimeError(f"could not find a free version number under {base_directory}")
+
+
+def prune_versions(base_directory: str, keep: int, protect: int | None = None) -> list[int]:
+    """Deletes all but the newest `keep` versions (never `protect`); returns those deleted.
+
+    A version is first made invisible to TF Serving (renamed to a hidden name
+    locally; `saved_model.pb` removed first elsewhere), then removed.
+    """
+    versions = list_versions(base_directory)
+    doomed = [v for v in versions[: max(len(versions) - keep, 0)] if v != protect]
+    for version in doomed:
+        path = os.path.join(base_directory, str(version))
+        if _is_local(base_directory):
+            hidden = os.path.join(base_directory, f".{version}{_DELETING}{uuid.uuid4().hex[:8]}")
+            os.rename(path, hidden)
+            tf.io.gfile.rmtree(hidden)
+        else:
+            tf.io.gfile.remove(os.path.join(path, _SAVED_MODEL_PB))
+            tf.io.gfile.rmtree(path)
+    if _is_local(base_directory):
+        _remove_stale_leftovers(base_directory)
+    return doomed
+
+
+def _remove_stale_leftovers(base_directory: str) -> None:
+    """Removes hidden directories of pushes interrupted over a day ago."""
+    now = time.time()
+    for name in os.listdir(base_directory):
+        path = os.path.join(base_directory, name)
+        if name.startswith(".") and (_INCOMPLETE in name or _DELETING in name):
+            if now - os.path.getmtime(path) > STALE_INCOMPLETE_SECONDS:
+                tf.io.gfile.rmtree(path)
+
+
+def models_config(serving_dir: str) -> model_server_config_pb2.ModelServerConfig:
+    """TF Serving's config listing every model directory with a version under `serving_dir`."""
+    config = model_server_config_pb2.ModelServerConfig()
+    names = sorted(name.rstrip("/") for name in tf.io.gfile.listdir(serving_dir))
+    for name in names:
+        base_path = os.path.join(serving_dir, name)
+        if not name.startswith(".") and list_versions(base_path):
+            model = config.model_config_list.config.add()
+            model.name = name
+            model.base_path = os.path.abspath(base_path) if _is_local(base_path) else base_path
+            model.model_platform = "tensorflow"
+    return config
+
+
+def write_models_config(serving_dir: str) -> str:
+    """Writes `<serving_dir>/models.config` for `tensorflow_model_server --model_config_file`."""
+    path = os.path.join(serving_dir, MODELS_CONFIG_FILE)
+    text = text_format.MessageToString(models_config(serving_dir))
+    if _is_local(serving_dir):
+        temporary = f"{path}{_INCOMPLETE}{uuid.uuid4().hex[:8]}"
+        with open(temporary, "w") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    else:
+        with tf.io.gfile.GFile(path, "w") as f:
+            f.write(text)
+    return path
+
+
+def keep_versions_from(exec_properties: dict[str, Any]) -> int:
+    """`keep_versions` from the Pusher's custom_config (default `DEFAULT_KEEP_VERSIONS`).
+
+    Raises:
+        ValueError: It is not a positive integer.
+    """
+    custom_config = exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY) or {}
+    if isinstance(custom_config, str):
+        custom_config = json_utils.loads(custom_config) or {}
+    keep = custom_config.get(KEEP_VERSIONS_KEY, DEFAULT_KEEP_VERSIONS)
+    if not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"{KEEP_VERSIONS_KEY} must be an integer >= 1, got {keep!r}")
+    return keep
 
 
 class Executor(tfx_pusher_executor.Executor):
@@ -102,12 +263,14 @@ class Executor(tfx_pusher_executor.Executor):
         if not self.CheckBlessing(input_dict):
             self._MarkNotPushed(model_push)
             return
+        keep = keep_versions_from(exec_properties)
         model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
         push_destination = pusher_pb2.PushDestination()
         proto_utils.json_to_proto(
             exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], push_destination
         )
         base_directory = push_destination.filesystem.base_directory
+        serving_dir = os.path.dirname(base_directory.rstrip("/"))
         serving = find_version_serving(base_directory, model.uri)
         if serving is not None:
             logging.info("Model %s already serving as version %d; not pushed.", model.uri, serving)
@@ -116,12 +279,17 @@ class Executor(tfx_pusher_executor.Executor):
             model_push.set_string_custom_property(
                 "pushed_destination", os.path.join(base_directory, str(serving))
             )
+            write_models_config(serving_dir)
             return
-        version = next_version(base_directory)
-        serving_path = push_model(self.GetModelPath(input_dict), base_directory, version, model.uri)
+        serving_path = push_model(
+            self.GetModelPath(input_dict), base_directory, next_version(base_directory), model.uri
+        )
+        version = int(os.path.basename(serving_path))
         io_utils.copy_dir(self.GetModelPath(input_dict), model_push.uri)
+        deleted = prune_versions(base_directory, keep, protect=version)
+        write_models_config(serving_dir)
         self._MarkPushed(model_push, pushed_destination=serving_path, pushed_version=str(version))
-        logging.info("Model pushed to %s.", serving_path)
+        logging.info("Model pushed to %s; older versions deleted: %s.", serving_path, deleted)
 
 
 class ServingPusher(Pusher):

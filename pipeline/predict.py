@@ -1,65 +1,220 @@
-"""Classifies image files with a pushed model through its `serving_default` signature."""
+"""Classifies image files with a pushed model through its `serving_default` signature.
+
+The model may be given as a serving directory (the one model under it), a
+model directory (its newest version), a version directory or any SavedModel
+exported by Transferline. Images may be files or folders (searched
+recursively; hidden files and folders are left out). Files are classified in
+batches; a file that cannot be read or is rejected by the model (empty, not an
+image, over the model's pixel budget) gets its own error and the rest carry on.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
+from collections.abc import Iterator, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from trainer import export
 
+DEFAULT_BATCH_SIZE = 32
+MAX_FILE_BYTES = 100 * 2**20
+_SAVED_MODEL_PB = "saved_model.pb"
+
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
-    """One file's result: a label and score, or the error that stopped it."""
+    """One file's result: the top label and score (and the top k), or the error that stopped it."""
 
     path: str
     label: str | None = None
     score: float | None = None
+    top_k: tuple[tuple[str, float], ...] = ()
     error: str | None = None
 
+    def to_json(self) -> dict:
+        """A JSON-ready dict; `top_k` as a list of {label, score}."""
+        return {
+            "path": self.path,
+            "label": self.label,
+            "score": self.score,
+            "top_k": [{"label": label, "score": score} for label, score in self.top_k],
+            "error": self.error,
+        }
 
-def resolve_model_dir(path: str) -> str:
-    """A SavedModel directory: `path` itself, or its newest numeric version.
 
-    Raises:
-        FileNotFoundError: Neither `path` nor any version below it holds a SavedModel.
-    """
-    if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
-        return path
-    if tf.io.gfile.isdir(path):
-        versions = [
-            int(name.rstrip("/"))
-            for name in tf.io.gfile.listdir(path)
-            if name.rstrip("/").isdigit()
-            and tf.io.gfile.exists(os.path.join(path, name.rstrip("/"), "saved_model.pb"))
-        ]
-        if versions:
-            return os.path.join(path, str(max(versions)))
-    raise FileNotFoundError(
-        f"no SavedModel at {path!r}: give a version directory or a model directory holding them"
+def _versions(path: str) -> list[int]:
+    if not tf.io.gfile.isdir(path):
+        return []
+    return sorted(
+        int(name.rstrip("/"))
+        for name in tf.io.gfile.listdir(path)
+        if name.rstrip("/").isdigit()
+        and tf.io.gfile.exists(os.path.join(path, name.rstrip("/"), _SAVED_MODEL_PB))
     )
 
 
-def predict_files(model_dir: str, paths: list[str]) -> list[Prediction]:
-    """Classifies each file; a file that fails gets its error, the rest carry on."""
-    serve = tf.saved_model.load(resolve_model_dir(model_dir)).signatures[export.SERVING_DEFAULT]
-    predictions = []
-    for path in paths:
-        try:
-            with open(path, "rb") as f:
-                image_bytes = f.read()
-            outputs = serve(**{export.IMAGE_BYTES_INPUT: tf.constant([image_bytes])})
-        except (OSError, tf.errors.InvalidArgumentError) as error:
-            message = getattr(error, "message", None) or str(error)
-            predictions.append(Prediction(path, error=message.strip().splitlines()[0]))
-            continue
-        predictions.append(
-            Prediction(
-                path,
-                label=outputs[export.LABEL_OUTPUT][0].numpy().decode(),
-                score=float(outputs[export.SCORE_OUTPUT][0]),
-            )
+def resolve_model_dir(path: str) -> str:
+    """A SavedModel directory: `path` itself, its newest version, or its one model's.
+
+    Raises:
+        FileNotFoundError: `path` holds no SavedModel, or a serving directory
+            holds several models (the message lists them).
+    """
+    if tf.io.gfile.exists(os.path.join(path, _SAVED_MODEL_PB)):
+        return path
+    versions = _versions(path)
+    if versions:
+        return os.path.join(path, str(versions[-1]))
+    if tf.io.gfile.isdir(path):
+        models = sorted(
+            os.path.join(path, name.rstrip("/"))
+            for name in tf.io.gfile.listdir(path)
+            if not name.startswith(".") and _versions(os.path.join(path, name.rstrip("/")))
         )
-    return predictions
+        if len(models) == 1:
+            return resolve_model_dir(models[0])
+        if models:
+            raise FileNotFoundError(
+                f"{path!r} serves {len(models)} models; give one of: {', '.join(models)}"
+            )
+    raise FileNotFoundError(
+        f"no SavedModel at {path!r}: give a serving directory, a model directory, "
+        "a version directory or a SavedModel"
+    )
+
+
+def find_image_files(paths: Sequence[str]) -> Iterator[tuple[str, str | None]]:
+    """(path, error) for each file named or found in a named folder, in order.
+
+    A folder is searched recursively, sorted, leaving out hidden files and
+    folders (names starting with '.'); a path that does not exist gets an error.
+    """
+    for path in paths:
+        if os.path.isdir(path):
+            for root, folders, files in os.walk(path):
+                folders[:] = sorted(f for f in folders if not f.startswith("."))
+                for name in sorted(files):
+                    if not name.startswith("."):
+                        yield os.path.join(root, name), None
+        elif os.path.exists(path):
+            yield path, None
+        else:
+            yield path, "no such file or folder"
+
+
+def _read(path: str) -> bytes:
+    """The file's bytes.
+
+    Raises:
+        OSError: It cannot be read, or is larger than `MAX_FILE_BYTES`.
+    """
+    size = os.path.getsize(path)
+    if size > MAX_FILE_BYTES:
+        raise OSError(f"file too large: {size} bytes, more than {MAX_FILE_BYTES}")
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def model_error_message(error: tf.errors.OpError) -> str:
+    """The model's one-line reason, e.g. `empty input (0 bytes)` or `Invalid PNG data...`."""
+    text = error.message or str(error)
+    asserted = re.search(r"assertion failed: \[(.*?)\]\n", text + "\n", re.DOTALL)
+    if asserted:
+        return re.sub(r"^[\w.]+\[\d+\]: ", "", asserted.group(1).replace("\\'", "'"))
+    lines = [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip()
+        and not line.startswith(("Graph execution error", "Detected at node", "  File", "\t"))
+        and not line.strip().startswith(("<stack traces", "[["))
+    ]
+    return lines[-1] if lines else type(error).__name__
+
+
+class Predictor:
+    """A loaded model's `serving_default`, applied to encoded images in batches."""
+
+    def __init__(self, model_path: str) -> None:
+        """Loads the model at `model_path` (see `resolve_model_dir`)."""
+        self.model_dir = resolve_model_dir(model_path)
+        self._serve = tf.saved_model.load(self.model_dir).signatures[export.SERVING_DEFAULT]
+
+    def _run(self, images: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        outputs = self._serve(**{export.IMAGE_BYTES_INPUT: tf.constant(images)})
+        return outputs[export.SCORES_OUTPUT].numpy(), outputs[export.CLASSES_OUTPUT].numpy()
+
+    def classify(self, paths: list[str], images: list[bytes], top_k: int) -> list[Prediction]:
+        """One Prediction per image; if the batch fails, each image is tried alone."""
+        try:
+            scores, classes = self._run(images)
+        except tf.errors.InvalidArgumentError:
+            if len(images) == 1:
+                raise
+            return [p for path, image in zip(paths, images)
+                    for p in self._classify_one(path, image, top_k)]
+        return [_prediction(path, s, c, top_k) for path, s, c in zip(paths, scores, classes)]
+
+    def _classify_one(self, path: str, image: bytes, top_k: int) -> list[Prediction]:
+        try:
+            return self.classify([path], [image], top_k)
+        except tf.errors.InvalidArgumentError as error:
+            return [Prediction(path, error=model_error_message(error))]
+
+
+def _prediction(path: str, scores: np.ndarray, classes: np.ndarray, top_k: int) -> Prediction:
+    order = np.argsort(-scores, kind="stable")[:top_k]
+    ranked = tuple((classes[i].decode(), float(scores[i])) for i in order)
+    return Prediction(path, label=ranked[0][0], score=ranked[0][1], top_k=ranked)
+
+
+def predict_files(
+    model_path: str,
+    paths: Sequence[str],
+    top_k: int = 1,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> list[Prediction]:
+    """Classifies each image file (folders searched); a file that fails gets its error.
+
+    Args:
+        model_path: Serving, model or version directory, or a SavedModel.
+        paths: Image files and folders.
+        top_k: How many of the best classes each Prediction lists.
+        batch_size: Images per call of the model.
+
+    Raises:
+        FileNotFoundError: No model at `model_path`.
+        ValueError: `top_k` or `batch_size` is below 1.
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    predictor = Predictor(model_path)
+    results: dict[int, Prediction] = {}
+    pending: list[tuple[int, str, bytes]] = []
+
+    def flush() -> None:
+        indices, batch_paths, images = zip(*pending)
+        for index, prediction in zip(
+            indices, predictor.classify(list(batch_paths), list(images), top_k)
+        ):
+            results[index] = prediction
+        pending.clear()
+
+    for index, (path, error) in enumerate(find_image_files(paths)):
+        if error is None:
+            try:
+                pending.append((index, path, _read(path)))
+            except OSError as read_error:
+                error = read_error.strerror or str(read_error)
+        if error is not None:
+            results[index] = Prediction(path, error=error)
+        if len(pending) >= batch_size:
+            flush()
+    if pending:
+        flush()
+    return [results[index] for index in sorted(results)]

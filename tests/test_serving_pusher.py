@@ -1,16 +1,28 @@
-"""ServingPusher: blessed-only, complete-or-absent, idempotent versions."""
+"""ServingPusher: blessed-only, complete-or-absent, idempotent versions, kept to K,
+with warm-up requests and TF Serving's models.config."""
 
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow_serving.apis import prediction_log_pb2
+from tensorflow_serving.config import model_server_config_pb2
 from tfx.proto import pusher_pb2
 from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
 from components import serving_pusher
+from tests import serving_testing
+from trainer import export
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -24,7 +36,7 @@ def saved_model(tmp_path):
     return path
 
 
-def _push(saved_model, base_directory, tmp_path, blessed=True, model_uri=None):
+def _push(saved_model, base_directory, tmp_path, blessed=True, model_uri=None, keep=None):
     model = standard_artifacts.Model()
     model.uri = model_uri or os.path.dirname(saved_model)
     blessing = standard_artifacts.ModelBlessing()
@@ -35,12 +47,22 @@ def _push(saved_model, base_directory, tmp_path, blessed=True, model_uri=None):
     destination = pusher_pb2.PushDestination(
         filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=base_directory)
     )
+    exec_properties = {"push_destination": proto_utils.proto_to_json(destination)}
+    if keep is not None:
+        exec_properties["custom_config"] = json.dumps({serving_pusher.KEEP_VERSIONS_KEY: keep})
     serving_pusher.Executor().Do(
         {"model": [model], "model_blessing": [blessing]},
         {"pushed_model": [pushed]},
-        {"push_destination": proto_utils.proto_to_json(destination)},
+        exec_properties,
     )
     return pushed
+
+
+def _copy_of(saved_model, tmp_path, name):
+    """The same SavedModel as another Trainer output (another model URI)."""
+    other = tmp_path / name
+    shutil.copytree(os.path.dirname(saved_model), other)
+    return str(other)
 
 
 def test_blessed_model_is_pushed_as_a_loadable_version(saved_model, tmp_path):
@@ -75,17 +97,123 @@ def test_the_same_model_is_not_pushed_twice(saved_model, tmp_path):
 
 def test_versions_never_collide(saved_model, tmp_path):
     base = str(tmp_path / "serving" / "m")
-    other_model = tmp_path / "other_model"
-    shutil.copytree(os.path.dirname(saved_model), other_model)
     _push(saved_model, base, tmp_path)
-    _push(saved_model, base, tmp_path, model_uri=str(other_model))  # within the same second
-    first, second = serving_pusher.list_versions(base)
+    _push(saved_model, base, tmp_path, model_uri=_copy_of(saved_model, tmp_path, "other"))
+    first, second = serving_pusher.list_versions(base)  # within the same second
     assert second > first
+
+
+def test_a_version_taken_by_a_concurrent_push_is_left_alone(saved_model, tmp_path):
+    base = tmp_path / "serving" / "m"
+    taken = serving_pusher.next_version(str(base))
+    shutil.copytree(saved_model, base / str(taken))  # another pusher renamed first
+
+    path = serving_pusher.push_model(saved_model, str(base), taken, "uri-b")
+
+    assert int(os.path.basename(path)) > taken
+    assert not (base / str(taken) / serving_pusher.SOURCE_FILE).exists()  # untouched
+    assert serving_pusher.list_versions(str(base)) == [taken, int(os.path.basename(path))]
 
 
 def test_incomplete_directories_are_not_versions(saved_model, tmp_path):
     base = tmp_path / "serving" / "m"
-    (base / "123").mkdir(parents=True)  # no saved_model.pb: interrupted copy
-    (base / ".124.incomplete").mkdir()
+    (base / "123").mkdir(parents=True)  # no saved_model.pb: interrupted object-store copy
+    (base / ".124.incomplete-0a1b2c3d").mkdir()
     assert serving_pusher.list_versions(str(base)) == []
     assert serving_pusher.next_version(str(base)) > 124
+
+
+def test_only_the_newest_versions_are_kept(saved_model, tmp_path):
+    base = str(tmp_path / "serving" / "m")
+    pushed = [
+        _push(saved_model, base, tmp_path, model_uri=_copy_of(saved_model, tmp_path, f"m{n}"),
+              keep=2)
+        for n in range(4)
+    ]
+    versions = serving_pusher.list_versions(base)
+    newest = int(pushed[-1].get_string_custom_property("pushed_version"))
+    assert len(versions) == 2 and versions[-1] == newest
+    assert sorted(os.listdir(base)) == [str(v) for v in versions]  # nothing half-deleted left
+
+
+def test_prune_never_deletes_the_protected_version(saved_model, tmp_path):
+    base = tmp_path / "serving" / "m"
+    for version in (10, 20, 30):
+        shutil.copytree(saved_model, base / str(version))
+    assert serving_pusher.prune_versions(str(base), keep=1, protect=10) == [20]
+    assert serving_pusher.list_versions(str(base)) == [10, 30]
+
+
+def test_models_config_lists_every_served_model(saved_model, tmp_path):
+    serving_dir = tmp_path / "serving"
+    _push(saved_model, str(serving_dir / "cats"), tmp_path)
+    _push(saved_model, str(serving_dir / "dogs"), tmp_path)
+    (serving_dir / "empty").mkdir()
+
+    config = text_format.Parse(
+        (serving_dir / serving_pusher.MODELS_CONFIG_FILE).read_text(),
+        model_server_config_pb2.ModelServerConfig(),
+    )
+
+    models = config.model_config_list.config
+    assert [(m.name, m.base_path, m.model_platform) for m in models] == [
+        ("cats", str(serving_dir / "cats"), "tensorflow"),
+        ("dogs", str(serving_dir / "dogs"), "tensorflow"),
+    ]
+
+
+def test_warmup_requests_replay_against_the_pushed_model(tmp_path):
+    tf_transform_output, _ = serving_testing.write_transform_output(
+        tmp_path / "transform", tmp_path / "tft_tmp"
+    )
+    model_dir = serving_testing.export_tiny_model(tmp_path / "model", tf_transform_output)
+    version_dir = serving_pusher.push_model(model_dir, str(tmp_path / "serving" / "m"), 1, "uri")
+
+    records = list(tf.data.TFRecordDataset(
+        os.path.join(version_dir, serving_pusher.WARMUP_FILE)).as_numpy_iterator())
+    serve = tf.saved_model.load(version_dir).signatures[export.SERVING_DEFAULT]
+    batch_sizes = []
+    for record in records:
+        request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
+        assert request.model_spec.name == "m"
+        assert request.model_spec.signature_name == export.SERVING_DEFAULT
+        inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
+        outputs = serve(**inputs)
+        batch_sizes.append(int(outputs[export.LABEL_OUTPUT].shape[0]))
+    assert batch_sizes == list(serving_pusher.WARMUP_BATCH_SIZES)
+
+
+_PUSH_SCRIPT = """
+import sys
+from components import serving_pusher
+serving_pusher.push_model(sys.argv[1], sys.argv[2], 123, "uri")
+"""
+
+
+def test_an_interrupted_push_leaves_no_version_tf_serving_would_load(saved_model, tmp_path):
+    # A FIFO in the model makes the copy block mid-way, deterministically; the
+    # pushing process is then killed, as a crash or a preemption would.
+    os.mkfifo(os.path.join(saved_model, "variables", "zz_blocks_the_copy"))
+    base = tmp_path / "serving" / "m"
+    base.mkdir(parents=True)
+    push = subprocess.Popen(
+        [sys.executable, "-c", _PUSH_SCRIPT, saved_model, str(base)],
+        cwd=REPO_ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not any(base.glob(".123.incomplete-*/variables")):
+            assert push.poll() is None, "the push ended instead of blocking mid-copy"
+            assert time.monotonic() < deadline, "the push never started copying"
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        push.send_signal(signal.SIGKILL)
+        push.wait()
+
+    (leftover,) = os.listdir(base)
+    assert leftover.startswith(".123.incomplete-")  # not an integer: TF Serving skips it
+    assert not any(name.isdigit() for name in os.listdir(base))
+    assert serving_pusher.list_versions(str(base)) == []
+    assert serving_pusher.next_version(str(base)) > 123

@@ -12,7 +12,7 @@ from PIL import Image
 from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
 
 from tests.conftest import CLASS_COLOURS, encode, make_image
-from trainer import export, features, model, transform
+from trainer import export, features, transform
 from trainer.config import TrainingConfig
 
 CONFIG = TrainingConfig(backbone="mobilenet_v2", weights="none", image_size=32)
@@ -75,37 +75,3 @@ def test_decode_handles_grayscale_rgba_and_gif():
     assert decoded.shape == (3, 16, 16, 3)
     np.testing.assert_allclose(decoded[0], 128.0)
     np.testing.assert_allclose(decoded[1][..., 0], 255.0)
-
-
-def test_exported_model_serves_raw_bytes_and_examples(transform_output, tmp_path):
-    tf_transform_output, _ = transform_output
-    base = tf.keras.Sequential([tf.keras.layers.Conv2D(4, 3, input_shape=(32, 32, 3))])
-    head = model.build_head(base.output_shape[1:], num_classes=3, config=CONFIG)
-    classifier = model.build_classifier(base, head, image_size=32)
-    export_dir = str(tmp_path / "model")
-
-    export.export_serving_model(classifier, tf_transform_output, export_dir)
-
-    loaded = tf.saved_model.load(export_dir)
-    assert set(loaded.signatures) == {
-        export.SERVING_DEFAULT, export.SERVING_EXAMPLES, export.TRANSFORM_FEATURES
-    }
-    image_bytes = encode(make_image(CLASS_COLOURS["blue"], seed=1), "JPEG")
-    served = loaded.signatures[export.SERVING_DEFAULT](
-        **{export.IMAGE_BYTES_INPUT: tf.constant([image_bytes, image_bytes])}
-    )
-    np.testing.assert_allclose(served[export.SCORES_OUTPUT].numpy().sum(axis=1), 1.0, rtol=1e-5)
-    assert served[export.CLASSES_OUTPUT].numpy().tolist() == [[b"red", b"green", b"blue"]] * 2
-    assert served[export.LABEL_OUTPUT].shape == (2,)
-
-    example = tf.train.Example(features=tf.train.Features(feature={
-        features.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_bytes])),
-        features.LABEL_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"blue"])),
-    })).SerializeToString()
-    by_example = loaded.signatures[export.SERVING_EXAMPLES](examples=tf.constant([example]))
-    np.testing.assert_allclose(
-        by_example[export.SCORES_OUTPUT].numpy()[0], served[export.SCORES_OUTPUT].numpy()[0],
-        rtol=1e-5,
-    )
-    transformed = loaded.signatures[export.TRANSFORM_FEATURES](examples=tf.constant([example]))
-    assert transformed[features.TRANSFORMED_LABEL_KEY].numpy().tolist() == [2]

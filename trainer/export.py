@@ -4,15 +4,37 @@ Signatures:
     serving_default: a batch of raw encoded images (what TF Serving's REST API
         receives as ``{"instances": [{"b64": "..."}]}``) -> class names, scores,
         and the top label and score.
-    serving_examples: a batch of serialized tf.Examples -> the same outputs.
-    transform_features: a batch of serialized tf.Examples -> transformed
-        features; the Evaluator uses it to get integer labels.
+    serving_examples: a batch of serialized tf.Examples -> the same outputs; the
+        Evaluator uses it, with the raw ``label`` feature as the label.
+    transform_features: a batch of serialized, labelled tf.Examples -> the
+        transformed features (the image exactly as the classifier sees it).
+
+Every signature checks its encoded images before decoding any: an empty input,
+bytes that are not a JPEG, PNG, GIF or BMP, or an image whose header declares
+more pixels than the model's budget fails the request with an InvalidArgument
+error naming the image and the problem, so a server never decodes (or runs out
+of memory on) a decompression bomb.
+
+Only the classifier's variables are saved with the signatures, not the Keras
+model object and its per-layer functions: the SavedModel is a third of the size
+and loads several times faster (in the Evaluator, in TF Serving, in `predict`).
+
+`assets.extra/classes.txt` lists the class names in the order of `scores`.
+Optionally, `classifier.tflite` is written beside the graph (in `assets.extra/`)
+and checked to agree with the SavedModel; see `export_tflite`.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
+from absl import logging
 
 from trainer import features
 
@@ -20,10 +42,33 @@ SERVING_DEFAULT = "serving_default"
 SERVING_EXAMPLES = "serving_examples"
 TRANSFORM_FEATURES = "transform_features"
 IMAGE_BYTES_INPUT = "image_bytes"
+EXAMPLES_INPUT = "examples"
 SCORES_OUTPUT = "scores"
 CLASSES_OUTPUT = "classes"
 LABEL_OUTPUT = "label"
 SCORE_OUTPUT = "score"
+
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+"""Largest width x height an input image may declare (a 48 MP photo is 48e6)."""
+
+ASSETS_EXTRA = "assets.extra"
+CLASSES_FILE = "classes.txt"
+"""In `assets.extra/`: the class names, one a line, in the order of `scores`."""
+TFLITE_FILE = "classifier.tflite"
+TFLITE_INFO_FILE = "classifier.tflite.json"
+TFLITE_TOLERANCE = 1e-3
+"""Largest accepted difference between TFLite and SavedModel class scores."""
+
+# Formats `transform.decode_images` decodes, by their first bytes.
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_GIF_MAGICS = (b"GIF87a", b"GIF89a")
+_BMP_MAGIC = b"BM"
+_HEADER_BYTES = 32
+
+
+class ExportError(RuntimeError):
+    """The exported model does not do what it must (e.g. TFLite disagrees)."""
 
 
 def class_names(tf_transform_output: tft.TFTransformOutput) -> list[str]:
@@ -34,25 +79,183 @@ def class_names(tf_transform_output: tft.TFTransformOutput) -> list[str]:
     ]
 
 
+# ------------------------------------------------------------------ input checks
+
+
+def _header_bytes(image_bytes: tf.Tensor) -> tf.Tensor:
+    """The first `_HEADER_BYTES` bytes of each image, zero-padded: uint8 [n, 32]."""
+    padding = tf.fill(tf.shape(image_bytes), b"\0" * _HEADER_BYTES)
+    head = tf.strings.join([tf.strings.substr(image_bytes, 0, _HEADER_BYTES), padding])
+    head = tf.strings.substr(head, 0, _HEADER_BYTES)
+    return tf.reshape(tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64), [-1, _HEADER_BYTES])
+
+
+def _big_endian(header: tf.Tensor, start: int, size: int) -> tf.Tensor:
+    value = tf.zeros_like(header[:, 0])
+    for offset in range(start, start + size):
+        value = value * 256 + header[:, offset]
+    return value
+
+
+def _little_endian(header: tf.Tensor, start: int, size: int) -> tf.Tensor:
+    return _big_endian(header[:, ::-1], _HEADER_BYTES - start - size, size)
+
+
+def _jpeg_pixels(image_bytes: tf.Tensor, is_jpeg: tf.Tensor) -> tf.Tensor:
+    """Height x width read from each JPEG's header (0 for the other images)."""
+
+    def pixels(args: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+        encoded, jpeg = args
+        return tf.cond(
+            jpeg,
+            lambda: tf.reduce_prod(tf.cast(tf.image.extract_jpeg_shape(encoded)[:2], tf.int64)),
+            lambda: tf.constant(0, tf.int64),
+        )
+
+    return tf.map_fn(
+        pixels, (image_bytes, is_jpeg), fn_output_signature=tf.TensorSpec([], tf.int64)
+    )
+
+
+def _declared_pixels(image_bytes: tf.Tensor, header: tf.Tensor, formats: dict) -> tf.Tensor:
+    """Width x height each image declares in its header, decoding no pixel."""
+    png = _big_endian(header, 16, 4) * _big_endian(header, 20, 4)
+    gif = _little_endian(header, 6, 2) * _little_endian(header, 8, 2)
+    # BMP: a 12-byte core header has 16-bit sizes; the others 32-bit (height
+    # negative for top-down rows).
+    core = tf.equal(_little_endian(header, 14, 4), 12)
+    bmp_height = _little_endian(header, 22, 4)
+    bmp_height = tf.where(bmp_height >= 2**31, 2**32 - bmp_height, bmp_height)
+    bmp = tf.where(
+        core,
+        _little_endian(header, 18, 2) * _little_endian(header, 20, 2),
+        _little_endian(header, 18, 4) * bmp_height,
+    )
+    pixels = tf.where(formats["png"], png, tf.zeros_like(png))
+    pixels = tf.where(formats["gif"], gif, pixels)
+    pixels = tf.where(formats["bmp"], bmp, pixels)
+    return tf.where(formats["jpeg"], _jpeg_pixels(image_bytes, formats["jpeg"]), pixels)
+
+
+def _assert_none(bad: tf.Tensor, input_name: str, problem: str | tf.Tensor) -> tf.Operation:
+    """Fails naming the first bad image (`input_name[i]`) when any is bad."""
+    # The first bad index (0 for an empty batch, refused on its own).
+    first = tf.argmax(tf.concat([tf.cast(bad, tf.int32), [1]], 0), output_type=tf.int32)
+    if isinstance(problem, tf.Tensor):
+        problem = tf.gather(tf.concat([problem, [""]], 0), first)
+    message = tf.strings.join(
+        [f"{input_name}[", tf.strings.as_string(first), "]: ", problem]
+    )
+    return tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [message])
+
+
+def check_encoded_images(
+    image_bytes: tf.Tensor, max_pixels: int, input_name: str = IMAGE_BYTES_INPUT
+) -> tf.Tensor:
+    """`image_bytes` once every image is known safe to decode.
+
+    Args:
+        image_bytes: String tensor [batch] of encoded images.
+        max_pixels: Largest width x height an image may declare.
+        input_name: Named in error messages, e.g. ``image_bytes[3]: ...``.
+
+    Returns:
+        `image_bytes`, computed only after the checks passed.
+
+    Raises:
+        tf.errors.InvalidArgumentError: (when run) the batch or an image is empty, is not a
+            JPEG, PNG, GIF or BMP, has a corrupt header, or declares more
+            pixels than `max_pixels`.
+    """
+    lengths = tf.strings.length(image_bytes)
+    header = _header_bytes(image_bytes)
+    prefix = tf.strings.substr(image_bytes, 0, 8)
+    formats = {
+        "jpeg": tf.strings.substr(prefix, 0, 3) == _JPEG_MAGIC,
+        "png": prefix == _PNG_MAGIC,
+        "gif": tf.reduce_any(
+            [tf.strings.substr(prefix, 0, 6) == magic for magic in _GIF_MAGICS], axis=0
+        ),
+        "bmp": tf.strings.substr(prefix, 0, 2) == _BMP_MAGIC,
+    }
+    known = tf.reduce_any(list(formats.values()), axis=0)
+    empty = tf.equal(lengths, 0)
+    checks = [
+        tf.debugging.Assert(
+            tf.size(image_bytes) > 0, [f"{input_name}: an empty batch (no images)"]
+        ),
+        _assert_none(empty, input_name, "empty input (0 bytes)"),
+        _assert_none(
+            tf.logical_and(tf.logical_not(empty), tf.logical_not(known)),
+            input_name,
+            "not an image: the bytes are not JPEG, PNG, GIF or BMP data",
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        pixels = _declared_pixels(image_bytes, header, formats)
+    too_large = pixels > max_pixels
+    zero = tf.equal(pixels, 0)
+    with tf.control_dependencies(checks):
+        checks += [
+            _assert_none(
+                too_large,
+                input_name,
+                tf.strings.join(
+                    ["image too large: ", tf.strings.as_string(pixels),
+                     f" pixels declared, over the pixel budget of {max_pixels}"]
+                ),
+            ),
+            _assert_none(zero, input_name, "corrupt image header: 0 pixels declared"),
+        ]
+    with tf.control_dependencies(checks):
+        return tf.identity(image_bytes)
+
+
+# ------------------------------------------------------------------- the module
+
+
+class _Untracked:
+    """Holds an object out of sight of SavedModel's object tracking."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+
 class _ServingModule(tf.Module):
-    """Holds the Transform layer, the classifier and the class names."""
+    """Holds the Transform layer, the classifier's variables and the class names."""
 
     def __init__(
-        self, classifier: tf.keras.Model, tf_transform_output: tft.TFTransformOutput
+        self,
+        classifier: tf.keras.Model,
+        tf_transform_output: tft.TFTransformOutput,
+        max_image_pixels: int,
+        track_keras_model: bool = False,
     ) -> None:
         super().__init__()
-        self.classifier = classifier
+        self._classifier = _Untracked(classifier)
+        if track_keras_model:
+            self.classifier = classifier
+        else:
+            self.classifier_variables = list(classifier.variables)
         self.tft_layer = tf_transform_output.transform_features_layer()
         self.class_names = tf.Variable(class_names(tf_transform_output), trainable=False)
+        self._max_image_pixels = max_image_pixels
         raw_spec = tf_transform_output.raw_feature_spec()
         self._example_spec = {features.IMAGE_KEY: raw_spec[features.IMAGE_KEY]}
         self._labelled_example_spec = {
             key: raw_spec[key] for key in (features.IMAGE_KEY, features.LABEL_KEY)
         }
 
+    def _checked(self, raw_features: dict[str, tf.Tensor], input_name: str) -> dict:
+        images = tf.reshape(raw_features[features.IMAGE_KEY], [-1])
+        images = check_encoded_images(images, self._max_image_pixels, input_name)
+        return {**raw_features, features.IMAGE_KEY: tf.reshape(images, [-1, 1])}
+
     def _classify(self, raw_features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         transformed = self.tft_layer(raw_features)
-        scores = self.classifier(transformed[features.TRANSFORMED_IMAGE_KEY], training=False)
+        scores = self._classifier.value(
+            transformed[features.TRANSFORMED_IMAGE_KEY], training=False
+        )
         batch_size = tf.shape(scores)[0]
         top = tf.argmax(scores, axis=1)
         return {
@@ -64,24 +267,78 @@ class _ServingModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES_INPUT)])
     def serve_image_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self._classify({features.IMAGE_KEY: tf.reshape(image_bytes, [-1, 1])})
+        raw = {features.IMAGE_KEY: tf.reshape(image_bytes, [-1, 1])}
+        return self._classify(self._checked(raw, IMAGE_BYTES_INPUT))
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
     def serve_examples(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self._classify(tf.io.parse_example(examples, self._example_spec))
+        raw = tf.io.parse_example(examples, self._example_spec)
+        return self._classify(self._checked(raw, f"{EXAMPLES_INPUT}.{features.IMAGE_KEY}"))
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
     def transform_features(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self.tft_layer(tf.io.parse_example(examples, self._labelled_example_spec))
+        raw = tf.io.parse_example(examples, self._labelled_example_spec)
+        return self.tft_layer(self._checked(raw, f"{EXAMPLES_INPUT}.{features.IMAGE_KEY}"))
 
 
 def export_serving_model(
     classifier: tf.keras.Model,
     tf_transform_output: tft.TFTransformOutput,
     export_dir: str,
+    *,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    tflite: bool = False,
+    tflite_check_images: Sequence[bytes] = (),
 ) -> None:
-    """Saves `classifier` behind the Transform graph with the three signatures."""
-    module = _ServingModule(classifier, tf_transform_output)
+    """Saves `classifier` behind the Transform graph with the three signatures.
+
+    Args:
+        classifier: Transformed image -> class scores.
+        tf_transform_output: The Transform output the classifier was trained on.
+        export_dir: The SavedModel directory to write.
+        max_image_pixels: Pixel budget of one input image (see module docstring).
+        tflite: Also write `assets.extra/classifier.tflite` (see `export_tflite`).
+        tflite_check_images: Encoded images the TFLite model is checked on;
+            generated ones when empty.
+
+    Raises:
+        ValueError: `max_image_pixels` is not positive.
+        ExportError: The TFLite model disagrees with the SavedModel.
+    """
+    if max_image_pixels < 1:
+        raise ValueError(f"max_image_pixels must be >= 1, got {max_image_pixels}")
+    try:
+        _save(_ServingModule(classifier, tf_transform_output, max_image_pixels), export_dir)
+    except (AssertionError, ValueError) as error:
+        # A backbone holding resources other than variables (e.g. a TF-Hub
+        # module with tables) needs the whole Keras object graph saved.
+        logging.warning("Saving variables only failed (%s); saving the Keras model.", error)
+        if tf.io.gfile.exists(export_dir):
+            tf.io.gfile.rmtree(export_dir)
+        _save(
+            _ServingModule(classifier, tf_transform_output, max_image_pixels, True), export_dir
+        )
+    tf.io.gfile.makedirs(os.path.join(export_dir, ASSETS_EXTRA))
+    with tf.io.gfile.GFile(os.path.join(export_dir, ASSETS_EXTRA, CLASSES_FILE), "w") as f:
+        f.write("".join(f"{name}\n" for name in class_names(tf_transform_output)))
+    if tflite:
+        export_tflite(classifier, tf_transform_output, export_dir, tflite_check_images)
+
+
+def read_class_names(export_dir: str) -> list[str]:
+    """The class names an exported model scores, in output order.
+
+    Raises:
+        FileNotFoundError: `export_dir` has no `assets.extra/classes.txt`.
+    """
+    path = os.path.join(export_dir, ASSETS_EXTRA, CLASSES_FILE)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{path} not found: not a model exported by Transferline")
+    with tf.io.gfile.GFile(path) as f:
+        return f.read().splitlines()
+
+
+def _save(module: _ServingModule, export_dir: str) -> None:
     tf.saved_model.save(
         module,
         export_dir,
@@ -91,3 +348,116 @@ def export_serving_model(
             TRANSFORM_FEATURES: module.transform_features,
         },
     )
+
+
+# ------------------------------------------------------------------------ TFLite
+
+
+def export_tflite(
+    classifier: tf.keras.Model,
+    tf_transform_output: tft.TFTransformOutput,
+    export_dir: str,
+    check_images: Sequence[bytes] = (),
+) -> str:
+    """Writes the classifier as TFLite beside the SavedModel and checks it agrees.
+
+    TFLite has no string or image-decoding ops, so the TFLite model is the
+    float part only: it takes the transformed image (``image_xf``: decoded RGB,
+    resized to the model's square with bilinear interpolation, scaled as the
+    backbone expects; what the SavedModel's `transform_features` signature
+    returns) and outputs class scores in the order of `classes` in
+    `classifier.tflite.json`.
+
+    Args:
+        classifier: Transformed image -> class scores.
+        tf_transform_output: Gives the class names and the preprocessing used
+            to check agreement.
+        export_dir: A SavedModel written by `export_serving_model`.
+        check_images: Encoded images to compare the two models on; a few
+            generated ones when empty.
+
+    Returns:
+        The path of the TFLite file.
+
+    Raises:
+        ExportError: Scores differ by more than `TFLITE_TOLERANCE`.
+    """
+    image_shape = classifier.input_shape[1:]
+    run = tf.function(
+        lambda images: classifier(images, training=False),
+        input_signature=[
+            tf.TensorSpec([None, *image_shape], tf.float32, name=features.TRANSFORMED_IMAGE_KEY)
+        ],
+    )
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [run.get_concrete_function()], classifier
+    )
+    model_bytes = converter.convert()
+    directory = os.path.join(export_dir, ASSETS_EXTRA)
+    tf.io.gfile.makedirs(directory)
+    path = os.path.join(directory, TFLITE_FILE)
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(model_bytes)
+    with tf.io.gfile.GFile(os.path.join(directory, TFLITE_INFO_FILE), "w") as f:
+        json.dump(
+            {
+                "input": features.TRANSFORMED_IMAGE_KEY,
+                "input_shape": [1, *image_shape],
+                "classes": class_names(tf_transform_output),
+                "preprocessing": "decode to RGB, resize to the input size (bilinear), scale as "
+                "the backbone expects: the SavedModel's transform_features signature",
+            },
+            f,
+            indent=2,
+        )
+    images = list(check_images) or _generated_images(image_shape[0])
+    difference = tflite_max_difference(export_dir, tf_transform_output, images)
+    if difference > TFLITE_TOLERANCE:
+        raise ExportError(
+            f"{path}: TFLite scores differ from the SavedModel's by {difference:.2e} "
+            f"(tolerance {TFLITE_TOLERANCE:.0e})"
+        )
+    logging.info("TFLite model %s agrees with the SavedModel (max diff %.2e).", path, difference)
+    return path
+
+
+def tflite_max_difference(
+    export_dir: str, tf_transform_output: tft.TFTransformOutput, image_bytes: Sequence[bytes]
+) -> float:
+    """Largest absolute difference between TFLite and `serving_default` scores.
+
+    The SavedModel gets the encoded images; TFLite gets them transformed by
+    the same Transform graph.
+    """
+    serve = tf.saved_model.load(export_dir).signatures[SERVING_DEFAULT]
+    expected = serve(**{IMAGE_BYTES_INPUT: tf.constant(list(image_bytes))})[SCORES_OUTPUT]
+    transformed = tf_transform_output.transform_features_layer()(
+        {features.IMAGE_KEY: tf.reshape(tf.constant(list(image_bytes)), [-1, 1])}
+    )[features.TRANSFORMED_IMAGE_KEY].numpy()
+    interpreter = tf.lite.Interpreter(
+        model_path=os.path.join(export_dir, ASSETS_EXTRA, TFLITE_FILE)
+    )
+    interpreter.allocate_tensors()
+    (input_detail,) = interpreter.get_input_details()
+    (output_detail,) = interpreter.get_output_details()
+    difference = 0.0
+    for image, scores in zip(transformed, expected.numpy()):
+        interpreter.set_tensor(input_detail["index"], image[np.newaxis].astype(np.float32))
+        interpreter.invoke()
+        got = interpreter.get_tensor(output_detail["index"])[0]
+        difference = max(difference, float(np.max(np.abs(got - scores))))
+    return difference
+
+
+def _generated_images(size: int, count: int = 4) -> list[bytes]:
+    """A few textured JPEG and PNG images (for checks that need some)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = []
+    for n in range(count):
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG" if n % 2 else "JPEG")
+        images.append(buffer.getvalue())
+    return images

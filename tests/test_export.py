@@ -1,0 +1,156 @@
+"""The exported SavedModel: its signatures, its input checks, and its TFLite twin."""
+
+import io
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tests import serving_testing
+from tests.serving_testing import colour_image, labelled_example
+from trainer import export, features
+
+
+@pytest.fixture(scope="module")
+def transform_output(tmp_path_factory):
+    return serving_testing.write_transform_output(
+        tmp_path_factory.mktemp("transform"), tmp_path_factory.mktemp("tft_tmp")
+    )
+
+
+@pytest.fixture(scope="module")
+def exported(transform_output, tmp_path_factory):
+    tf_transform_output, _ = transform_output
+    export_dir = tmp_path_factory.mktemp("model") / "Format-Serving"
+    serving_testing.export_tiny_model(export_dir, tf_transform_output, max_image_pixels=10_000)
+    return tf.saved_model.load(str(export_dir))
+
+
+def _serve(loaded, images):
+    return loaded.signatures[export.SERVING_DEFAULT](
+        **{export.IMAGE_BYTES_INPUT: tf.constant(images)}
+    )
+
+
+def _error(loaded, images) -> str:
+    with pytest.raises(tf.errors.InvalidArgumentError) as caught:
+        _serve(loaded, tf.constant(images, tf.string))
+    return caught.value.message
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR chunk declaring `width` x `height`, no pixel data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + b"\0" * 4
+
+
+def _encoded(image: Image.Image, image_format: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+def test_signatures_serve_raw_bytes_and_examples(exported):
+    assert set(exported.signatures) == {
+        export.SERVING_DEFAULT, export.SERVING_EXAMPLES, export.TRANSFORM_FEATURES
+    }
+    blue = colour_image("blue", seed=1, image_format="JPEG")
+    served = _serve(exported, [blue, blue])
+    np.testing.assert_allclose(served[export.SCORES_OUTPUT].numpy().sum(axis=1), 1.0, rtol=1e-5)
+    assert served[export.CLASSES_OUTPUT].numpy().tolist() == [[b"red", b"green", b"blue"]] * 2
+    assert served[export.LABEL_OUTPUT].shape == (2,)
+    top = served[export.SCORES_OUTPUT].numpy()[0].argmax()
+    assert served[export.LABEL_OUTPUT].numpy()[0] == [b"red", b"green", b"blue"][top]
+
+    example = labelled_example(blue, "blue")
+    by_example = exported.signatures[export.SERVING_EXAMPLES](examples=tf.constant([example]))
+    np.testing.assert_allclose(
+        by_example[export.SCORES_OUTPUT].numpy()[0], served[export.SCORES_OUTPUT].numpy()[0],
+        rtol=1e-5,
+    )
+    transformed = exported.signatures[export.TRANSFORM_FEATURES](examples=tf.constant([example]))
+    assert transformed[features.TRANSFORMED_LABEL_KEY].numpy().tolist() == [2]
+
+
+def test_serving_transforms_images_exactly_as_transform_did(exported, transform_output):
+    _, rows = transform_output
+    examples = [
+        labelled_example(colour_image(label, n, "PNG" if n % 2 else "JPEG"), label)
+        for n, label in enumerate(serving_testing.LABELS)
+    ]
+    served = exported.signatures[export.TRANSFORM_FEATURES](examples=tf.constant(examples))
+    np.testing.assert_array_equal(
+        served[features.TRANSFORMED_IMAGE_KEY].numpy(),
+        np.stack([row[features.TRANSFORMED_IMAGE_KEY] for row in rows]),
+    )
+
+
+def test_only_the_variables_are_saved_not_the_keras_layers(exported):
+    assert not hasattr(exported, "classifier")
+    assert len(exported.classifier_variables) == 8  # conv, batch norm (4), dense
+
+
+@pytest.mark.parametrize(
+    ("images", "expected"),
+    [
+        ([b""], "image_bytes[0]: empty input (0 bytes)"),
+        (["ok", b"<html>404</html>"], "image_bytes[1]: not an image"),
+        ([b"%PDF-1.4 not an image"], "not JPEG, PNG, GIF or BMP"),
+        ([_png_header(60_000, 60_000)], "image_bytes[0]: image too large: 3600000000 pixels"),
+        (["ok", "big"], "image_bytes[1]: image too large: 40000 pixels declared, over the "
+                        "pixel budget of 10000"),
+        ([_png_header(0, 10)], "corrupt image header: 0 pixels"),
+        ([b"\xff\xd8\xff\xe0 truncated"], "Invalid JPEG data"),
+    ],
+    ids=["empty", "html", "pdf", "png-bomb", "jpeg-over-budget", "zero-size", "bad-jpeg"],
+)
+def test_bad_inputs_fail_with_a_message_naming_image_and_problem(exported, images, expected):
+    stand_ins = {
+        "ok": colour_image("red", seed=3),
+        "big": _encoded(Image.new("RGB", (200, 200), (9, 9, 9)), "JPEG"),
+    }
+    images = [stand_ins.get(image, image) for image in images]
+    assert expected in _error(exported, images)
+
+
+def test_gif_bmp_and_grayscale_images_within_budget_are_served(exported):
+    images = [
+        _encoded(Image.new("P", (50, 40), 3), "GIF"),
+        _encoded(Image.new("RGB", (60, 30), (200, 30, 30)), "BMP"),
+        _encoded(Image.new("L", (64, 64), 128), "PNG"),
+    ]
+    served = _serve(exported, images)
+    assert served[export.SCORES_OUTPUT].shape == (3, 3)
+
+
+def test_examples_signature_checks_images_too(exported):
+    example = labelled_example(_png_header(50_000, 50_000), "red")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="examples.image\\[0\\]: image too"):
+        exported.signatures[export.SERVING_EXAMPLES](examples=tf.constant([example]))
+
+
+def test_tflite_model_agrees_with_the_saved_model(transform_output, tmp_path):
+    tf_transform_output, _ = transform_output
+    export_dir = tmp_path / "model"
+    test_images = [colour_image(label, 100 + n) for n, label in enumerate(serving_testing.LABELS)]
+    serving_testing.export_tiny_model(
+        export_dir, tf_transform_output, tflite=True, tflite_check_images=test_images
+    )
+
+    tflite_path = export_dir / export.ASSETS_EXTRA / export.TFLITE_FILE
+    assert tflite_path.stat().st_size > 0
+    info = json.loads((export_dir / export.ASSETS_EXTRA / export.TFLITE_INFO_FILE).read_text())
+    assert info["classes"] == ["red", "green", "blue"]
+    assert info["input_shape"] == [1, 32, 32, 3]
+    other_images = [colour_image("green", 500 + n, "JPEG") for n in range(3)]
+    difference = export.tflite_max_difference(str(export_dir), tf_transform_output, other_images)
+    assert difference <= export.TFLITE_TOLERANCE
+    assert os.path.exists(export_dir / "saved_model.pb")
+
+
+def test_an_empty_batch_is_refused_by_name(exported):
+    assert "image_bytes: an empty batch (no images)" in _error(exported, [])

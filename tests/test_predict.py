@@ -1,0 +1,92 @@
+"""`transferline predict`: model resolution, folders, top-k, JSON, per-file errors."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from pipeline import cli, predict
+from tests import serving_testing
+from tests.serving_testing import colour_image
+
+
+@pytest.fixture(scope="module")
+def serving_dir(tmp_path_factory):
+    """`<serving>/colours/<version>/`, as the Pusher lays it out, with two versions."""
+    tmp = tmp_path_factory.mktemp("predict")
+    tf_transform_output, _ = serving_testing.write_transform_output(
+        tmp / "transform", tmp / "tft_tmp"
+    )
+    model = serving_testing.export_tiny_model(tmp / "model", tf_transform_output)
+    serving = tmp / "serving"
+    for version in ("7", "12"):
+        shutil.copytree(model, serving / "colours" / version)
+    return serving
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "images"
+    (folder / "nested").mkdir(parents=True)
+    (folder / "red.png").write_bytes(colour_image("red", seed=1))
+    (folder / "nested" / "blue.jpg").write_bytes(colour_image("blue", seed=2, image_format="JPEG"))
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    return folder
+
+
+def test_model_is_resolved_from_serving_model_or_version_dir(serving_dir):
+    newest = str(serving_dir / "colours" / "12")
+    assert predict.resolve_model_dir(str(serving_dir)) == newest
+    assert predict.resolve_model_dir(str(serving_dir / "colours")) == newest
+    assert predict.resolve_model_dir(str(serving_dir / "colours" / "7")).endswith("7")
+
+
+def test_a_serving_dir_with_several_models_asks_which(serving_dir, tmp_path):
+    several = tmp_path / "serving"
+    shutil.copytree(serving_dir / "colours", several / "a")
+    shutil.copytree(serving_dir / "colours", several / "b")
+    with pytest.raises(FileNotFoundError, match="serves 2 models; give one of: .*a, .*b"):
+        predict.resolve_model_dir(str(several))
+    with pytest.raises(FileNotFoundError, match="no SavedModel"):
+        predict.resolve_model_dir(str(tmp_path / "nowhere"))
+
+
+def test_folder_is_classified_with_a_per_file_error_for_bad_files(serving_dir, images):
+    results = predict.predict_files(str(serving_dir), [str(images), "missing.png"], top_k=2,
+                                    batch_size=2)
+
+    by_name = {os.path.basename(r.path): r for r in results}
+    assert list(by_name) == ["empty.jpg", "notes.txt", "red.png", "blue.jpg", "missing.png"]
+    assert by_name["empty.jpg"].error == "empty input (0 bytes)"
+    assert by_name["notes.txt"].error.startswith("not an image")
+    assert by_name["missing.png"].error == "no such file or folder"
+    for name in ("red.png", "blue.jpg"):
+        result = by_name[name]
+        assert result.error is None and result.label in ("red", "green", "blue")
+        assert len(result.top_k) == 2 and result.top_k[0] == (result.label, result.score)
+        assert result.top_k[0][1] >= result.top_k[1][1]
+
+
+def test_command_prints_json_and_exits_1_when_a_file_failed(serving_dir, images, capsys):
+    status = cli.main([
+        "predict", "--model", str(serving_dir / "colours" / "7"), str(images / "red.png"),
+        str(images / "notes.txt"), "--top-k", "3", "--json",
+    ])
+
+    results = json.loads(capsys.readouterr().out)
+    assert status == 1
+    assert [len(r["top_k"]) for r in results] == [3, 0]
+    assert sorted(c["label"] for c in results[0]["top_k"]) == ["blue", "green", "red"]
+    assert results[1]["label"] is None and "not an image" in results[1]["error"]
+
+
+def test_command_text_output_and_bad_model_path(serving_dir, images, capsys, tmp_path):
+    assert cli.main(["predict", "--model", str(serving_dir), str(images / "red.png")]) == 0
+    path, label, score = capsys.readouterr().out.strip().split("\t")
+    assert path.endswith("red.png") and label in ("red", "green", "blue") and 0 <= float(score) <= 1
+
+    assert cli.main(["predict", "--model", str(tmp_path), str(images / "red.png")]) == 2
+    assert "no SavedModel" in capsys.readouterr().err
