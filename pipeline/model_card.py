@@ -1,0 +1,383 @@
+"""Model cards: one Markdown page per pushed model version.
+
+A card says what the model is (backbone, input size, classes, version, date),
+what it learned from, how well it did, why it was shipped, what it is for and
+not for, and how to query it. `ModelCardFacts` holds what is known; fields left
+empty print as "not recorded", so a caller with less at hand (the Pusher, say)
+can still write a card. `transferline report` fills every field from ML
+Metadata and the run's artifacts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+
+CARD_PREFIX = "model_card_"
+NOT_RECORDED = "not recorded"
+
+# Below this many eval images of a class, per-class figures are too rough to trust.
+_FEW_EVAL_IMAGES_PER_CLASS = 30
+# Largest / smallest class count above this is called out as imbalance.
+_IMBALANCE_RATIO = 3.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassScore:
+    """Eval figures for one class; None where undefined (nothing predicted or present)."""
+
+    name: str
+    support: int
+    precision: float | None
+    recall: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class GateCheck:
+    """One blessing threshold: what was required, what the model had, and the outcome."""
+
+    metric: str
+    requirement: str
+    value: float | None
+    baseline: float | None = None
+    outcome: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class SignatureInfo:
+    """A SavedModel signature's inputs and outputs as `name: dtype shape` strings."""
+
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCardFacts:
+    """Everything a model card says about one pushed version.
+
+    Attributes:
+        model_name: Name under the serving directory (TF Serving's model name).
+        version: The version directory's name.
+        serving_path: The version directory.
+        pushed_at: When the version was pushed (ISO 8601, UTC).
+        backbone: Registry name of the pretrained network.
+        weights: "imagenet", "none" or a weights file.
+        input_size: Side of the square model input, pixels.
+        classes: Class names in model-output order.
+        model_uri: The Trainer's Model artifact the version was copied from.
+        pipeline_run: The ML Metadata pipeline run that produced it.
+        training_config: Every training setting, as recorded.
+        fine_tuned_layers: Backbone layers trained by fine-tuning (none: frozen).
+        data_source: The image folder (input_base).
+        data_fingerprint: ImageFolderExampleGen's fingerprint of that folder.
+        data_span: The ExampleGen span.
+        examples_per_split: tf.Examples per split.
+        images_per_class: Usable images per class, all splits.
+        eval_images_per_class: Eval images per class.
+        files_not_used: Files skipped or dropped as duplicates at ingestion.
+        accuracy: Eval-split accuracy.
+        metrics: Other overall eval metrics by name.
+        per_class: Per-class eval figures.
+        blessed: The Evaluator's decision; None if not recorded.
+        gate_checks: The thresholds behind the decision.
+        baseline_model: The model compared against (None: the first blessed model).
+        signatures: The SavedModel's signatures.
+    """
+
+    model_name: str
+    version: str
+    serving_path: str = ""
+    pushed_at: str = ""
+    backbone: str = ""
+    weights: str = ""
+    input_size: int | None = None
+    classes: tuple[str, ...] = ()
+    model_uri: str = ""
+    pipeline_run: str = ""
+    training_config: Mapping[str, object] = dataclasses.field(default_factory=dict)
+    fine_tuned_layers: tuple[str, ...] = ()
+    data_source: str = ""
+    data_fingerprint: str = ""
+    data_span: int | None = None
+    examples_per_split: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    images_per_class: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    eval_images_per_class: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    files_not_used: int | None = None
+    accuracy: float | None = None
+    metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    per_class: tuple[ClassScore, ...] = ()
+    blessed: bool | None = None
+    gate_checks: tuple[GateCheck, ...] = ()
+    baseline_model: str | None = None
+    signatures: tuple[SignatureInfo, ...] = ()
+
+    def validate(self) -> ModelCardFacts:
+        """Raises ValueError naming a missing or impossible fact; returns self."""
+        if not self.model_name:
+            raise ValueError("model card: model_name must not be empty")
+        if not self.version or "/" in self.version or self.version in (".", ".."):
+            raise ValueError(f"model card: version must be a directory name, got {self.version!r}")
+        if self.input_size is not None and self.input_size < 1:
+            raise ValueError(f"model card: input_size must be positive, got {self.input_size}")
+        return self
+
+
+def model_card_filename(version: str) -> str:
+    """`model_card_<version>.md`."""
+    return f"{CARD_PREFIX}{version}.md"
+
+
+def write_model_card(facts: ModelCardFacts, directory: str) -> str:
+    """Writes `<directory>/model_card_<version>.md` (local path or object store).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: `facts` fails `ModelCardFacts.validate`.
+    """
+    import tensorflow as tf  # gfile: object stores too; imported here to keep this module light
+
+    text = render_model_card(facts.validate())
+    tf.io.gfile.makedirs(directory)
+    path = os.path.join(directory, model_card_filename(facts.version))
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def render_model_card(facts: ModelCardFacts) -> str:
+    """The card as Markdown."""
+    sections = [
+        f"# Model card: {facts.model_name}, version {facts.version}",
+        _model_details(facts),
+        _training_data(facts),
+        _evaluation(facts),
+        _gate(facts),
+        _intended_use(facts),
+        _limitations(facts),
+        _how_to_query(facts),
+    ]
+    return "\n\n".join(section.rstrip() for section in sections) + "\n"
+
+
+# ------------------------------------------------------------------------ sections
+
+
+def _model_details(facts: ModelCardFacts) -> str:
+    size = f"{facts.input_size} x {facts.input_size} RGB" if facts.input_size else NOT_RECORDED
+    backbone_state = (
+        f"top {len(facts.fine_tuned_layers)} layers fine-tuned"
+        if facts.fine_tuned_layers
+        else "frozen"
+    )
+    rows = [
+        ("Model name", facts.model_name),
+        ("Version", facts.version),
+        ("Pushed", facts.pushed_at),
+        ("Serving directory", _code(facts.serving_path)),
+        (
+            "Architecture",
+            f"{_or_unknown(facts.backbone)} backbone ({backbone_state}) + new head",
+        ),
+        ("Backbone weights", facts.weights),
+        ("Input size", size),
+        ("Classes", f"{len(facts.classes)}: {', '.join(facts.classes)}" if facts.classes else ""),
+        ("Source model artifact", _code(facts.model_uri)),
+        ("Pipeline run", facts.pipeline_run),
+    ]
+    text = "## Model details\n\n" + _table(("", ""), rows)
+    if facts.training_config:
+        flat = _flatten(facts.training_config)
+        settings = ", ".join(f"`{key}={value}`" for key, value in sorted(flat.items()))
+        text += f"\n\nTraining settings: {settings}."
+    return text
+
+
+def _training_data(facts: ModelCardFacts) -> str:
+    lines = ["## Training data", ""]
+    lines.append(f"- Source folder: {_code(facts.data_source) or NOT_RECORDED}")
+    lines.append(f"- Fingerprint: {_code(facts.data_fingerprint) or NOT_RECORDED}")
+    lines.append(f"- Span: {facts.data_span if facts.data_span is not None else NOT_RECORDED}")
+    if facts.examples_per_split:
+        splits = ", ".join(f"{split} {n}" for split, n in sorted(facts.examples_per_split.items()))
+        lines.append(f"- Images per split: {splits}")
+    if facts.files_not_used is not None:
+        lines.append(f"- Files not used (skipped or duplicate): {facts.files_not_used}")
+    text = "\n".join(lines)
+    if facts.images_per_class:
+        eval_default = 0 if facts.eval_images_per_class else ""
+        rows = [
+            (
+                name,
+                facts.images_per_class.get(name, 0),
+                facts.eval_images_per_class.get(name, eval_default),
+            )
+            for name in _class_order(facts)
+        ]
+        text += "\n\n" + _table(("class", "images", "of which eval"), rows)
+    return text
+
+
+def _evaluation(facts: ModelCardFacts) -> str:
+    lines = ["## Evaluation", ""]
+    lines.append(f"Eval-split accuracy: **{_number(facts.accuracy)}**.")
+    others = {name: value for name, value in facts.metrics.items() if value is not None}
+    if others:
+        lines.append("")
+        lines.append(
+            _table(("metric", "value"), sorted((k, _number(v)) for k, v in others.items()))
+        )
+    if facts.per_class:
+        lines.append("")
+        lines.append(
+            _table(
+                ("class", "eval images", "precision", "recall"),
+                [
+                    (c.name, c.support, _number(c.precision), _number(c.recall))
+                    for c in facts.per_class
+                ],
+            )
+        )
+    return "\n".join(lines)
+
+
+def _gate(facts: ModelCardFacts) -> str:
+    decision = {True: "**blessed**", False: "**not blessed**", None: NOT_RECORDED}[facts.blessed]
+    baseline = (
+        f"against the last blessed model {_code(facts.baseline_model)}"
+        if facts.baseline_model
+        else "with no earlier blessed model to compare against"
+    )
+    text = f"## Gate decision\n\nThe Evaluator's decision: {decision}, {baseline}."
+    if facts.gate_checks:
+        rows = [
+            (c.metric, c.requirement, _number(c.value), _number(c.baseline), c.outcome)
+            for c in facts.gate_checks
+        ]
+        text += "\n\n" + _table(("metric", "requirement", "value", "baseline", "outcome"), rows)
+    return text
+
+
+def _intended_use(facts: ModelCardFacts) -> str:
+    classes = ", ".join(facts.classes) if facts.classes else "the classes it was trained on"
+    return (
+        "## Intended use\n\n"
+        f"Sorting images like those in the training folder into one of: {classes}. "
+        "Best used where a wrong label is cheap or a person reviews low-score predictions; "
+        "the per-class figures above say which classes need that review most."
+    )
+
+
+def _limitations(facts: ModelCardFacts) -> str:
+    notes = [
+        "Closed set: every image gets one of the classes above, even an image of something "
+        "else entirely, often with a high score. There is no 'none of these' answer.",
+        "Scores are softmax outputs, not calibrated probabilities.",
+        "Images unlike the training folder (other cameras, lighting, framing, resolution) "
+        "may do worse than the figures here.",
+    ]
+    if facts.input_size:
+        notes.append(
+            f"Every image is resized to {facts.input_size} x {facts.input_size}; "
+            "detail smaller than that scale is lost."
+        )
+    if facts.weights == "none":
+        notes.append(
+            "Trained from random initialisation (`weights=none`): for tests and demos, "
+            "not for real use."
+        )
+    if facts.eval_images_per_class:
+        eval_counts = {
+            name: facts.eval_images_per_class.get(name, 0) for name in _class_order(facts)
+        }
+        unevaluated = [name for name, n in eval_counts.items() if n == 0]
+        fewest = min((n for n in eval_counts.values() if n > 0), default=0)
+        if unevaluated:
+            notes.append(f"Not evaluated at all (no eval images): {', '.join(unevaluated)}.")
+        if 0 < fewest < _FEW_EVAL_IMAGES_PER_CLASS:
+            notes.append(
+                f"Small evaluation set (as few as {fewest} eval images in a class): one image "
+                f"more or less right moves that class's recall by {100 / fewest:.0f} points or "
+                "more; treat the per-class figures as rough."
+            )
+    counts = [n for n in facts.images_per_class.values() if n > 0]
+    if counts and max(counts) / min(counts) > _IMBALANCE_RATIO:
+        notes.append(
+            f"Imbalanced classes ({min(counts)} to {max(counts)} images): the model leans "
+            "towards the larger classes."
+        )
+    weak = [c.name for c in facts.per_class if c.recall is not None and c.recall < 0.5]
+    if weak:
+        notes.append(f"Recall below 0.5 on: {', '.join(weak)}.")
+    return "## Limitations\n\n" + "\n".join(f"- {note}" for note in notes)
+
+
+def _how_to_query(facts: ModelCardFacts) -> str:
+    model_dir = (
+        os.path.dirname(facts.serving_path.rstrip("/")) if facts.serving_path else "SERVING_DIR"
+    )
+    name = facts.model_name
+    text = f"""## How to query
+
+With TF Serving (REST), serving the model directory:
+
+```bash
+docker run -p 8501:8501 -v {model_dir}:/models/{name} -e MODEL_NAME={name} tensorflow/serving
+curl -s -d '{{"instances": [{{"b64": "'"$(base64 -w0 image.jpg)"'"}}]}}' \\
+    http://localhost:8501/v1/models/{name}/versions/{facts.version}:predict
+```
+
+From the command line, without a server:
+
+```bash
+transferline predict --model {facts.serving_path or model_dir} image.jpg
+```"""
+    if facts.signatures:
+        rows = [
+            (f"`{s.name}`", "<br>".join(s.inputs), "<br>".join(s.outputs)) for s in facts.signatures
+        ]
+        text += "\n\nSignatures:\n\n" + _table(("signature", "inputs", "outputs"), rows)
+    return text
+
+
+# ------------------------------------------------------------------------- helpers
+
+
+def _flatten(values: Mapping[str, object], prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _class_order(facts: ModelCardFacts) -> list[str]:
+    extra = sorted(set(facts.images_per_class) - set(facts.classes))
+    return [*facts.classes, *extra]
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    def cell(value: object) -> str:
+        text = NOT_RECORDED if value is None or value == "" else str(value)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _code(text: str | None) -> str:
+    return f"`{text}`" if text else ""
+
+
+def _or_unknown(text: str) -> str:
+    return text or NOT_RECORDED
