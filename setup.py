@@ -14,6 +14,7 @@ setuptools.setup(
         "tf-keras>=2.16,<2.17",
         "tensorflow-transform==1.16.0",
         "tensorflow-model-analysis>=0.47,<0.48",
+        "tensorflow-serving-api>=2.16,<2.17",
         "apache-beam[gcp]==2.59.0",
         "kfp==2.5.0",
         "kfp-pipeline-spec==0.2.2",

@@ -2,75 +2,154 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 
 import tensorflow_model_analysis as tfma
 from google.protobuf import message
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
+from tfx.dsl.input_resolution import canned_resolver_functions
 
 from components import image_files
+from components.data_gate import CHECKED_SCHEMA_KEY, DataGate
 from components.image_folder_example_gen import (
     ImageFolderExampleGen,
+    count_classes,
+    detect_layout,
+    has_spans,
     make_input_config,
     make_output_config,
+    make_range_config,
 )
-from components.serving_pusher import ServingPusher
+from components.serving_pusher import KEEP_VERSIONS_KEY, ServingPusher
 from pipeline.config import GateConfig, IngestConfig
 from trainer import export, features
 from trainer.config import TrainingConfig
 
 TRANSFORM_MODULE = "trainer.transform.preprocessing_fn"
 TRAINER_MODULE = "trainer.model.run_fn"
-ACCURACY_METRIC = "sparse_categorical_accuracy"
+ACCURACY_METRIC = "accuracy"
+TOP_K_ACCURACY_METRIC = "top_k_accuracy"
 
 # Node ids, stable across runs and runners.
 EXAMPLE_GEN = "ImageFolderExampleGen"
 STATISTICS_GEN = "StatisticsGen"
 SCHEMA_GEN = "SchemaGen"
 EXAMPLE_VALIDATOR = "ExampleValidator"
+DATA_GATE = "DataGate"
 TRANSFORM = "Transform"
 TRAINER = "Trainer"
 BASELINE_RESOLVER = "LatestBlessedModelResolver"
 EVALUATOR = "Evaluator"
 PUSHER = "Pusher"
 NODE_IDS = (
-    EXAMPLE_GEN, STATISTICS_GEN, SCHEMA_GEN, EXAMPLE_VALIDATOR, TRANSFORM,
+    EXAMPLE_GEN, STATISTICS_GEN, SCHEMA_GEN, EXAMPLE_VALIDATOR, DATA_GATE, TRANSFORM,
     TRAINER, BASELINE_RESOLVER, EVALUATOR, PUSHER,
 )
 
 
-def make_eval_config(gate: GateConfig) -> tfma.EvalConfig:
-    """Accuracy with an absolute bound and a no-regression bound against the baseline."""
+def make_eval_config(gate: GateConfig, num_classes: int | None = None) -> tfma.EvalConfig:
+    """What the Evaluator measures, and the gate a candidate must pass to be blessed.
+
+    The model's `serving_examples` signature runs once per eval example (images
+    are decoded once, with no separate preprocessing function). Labels are the
+    examples' raw `label` strings, which TFMA maps to class indices through the
+    model's own `classes` output, so a baseline whose vocabulary orders the
+    classes differently is still scored correctly. Metrics are computed overall
+    and per true class (each class's slice accuracy is that class's recall):
+    accuracy (precision of the top-1 class, micro-averaged), top-k accuracy
+    (recall of the top k), the multi-class confusion matrix and example counts.
+    All are TFMA-native, so no Keras metric is compiled.
+
+    The gate: overall accuracy at least `min_accuracy`, and no drop of more than
+    `max_accuracy_drop` against the last blessed model; with `min_class_recall`,
+    every class's recall at least that.
+
+    Top-k accuracy is measured only when `num_classes` is known to exceed k
+    (TFMA fails on a model with k scores or fewer).
+    """
+    overall = tfma.SlicingSpec()
+    per_class = tfma.SlicingSpec(feature_keys=[features.LABEL_KEY])
+    accuracy_gate = [
+        tfma.PerSliceMetricThreshold(
+            slicing_specs=[overall],
+            threshold=tfma.MetricThreshold(
+                value_threshold=tfma.GenericValueThreshold(
+                    lower_bound={"value": gate.min_accuracy}
+                ),
+                change_threshold=tfma.GenericChangeThreshold(
+                    direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                    absolute={"value": -gate.max_accuracy_drop - 1e-10},
+                ),
+            ),
+        )
+    ]
+    if gate.min_class_recall > 0:
+        accuracy_gate.append(
+            tfma.PerSliceMetricThreshold(
+                slicing_specs=[per_class],
+                threshold=tfma.MetricThreshold(
+                    value_threshold=tfma.GenericValueThreshold(
+                        lower_bound={"value": gate.min_class_recall}
+                    )
+                ),
+            )
+        )
     return tfma.EvalConfig(
         model_specs=[
             tfma.ModelSpec(
                 signature_name=export.SERVING_EXAMPLES,
-                label_key=features.TRANSFORMED_LABEL_KEY,
-                prediction_key=export.SCORES_OUTPUT,
-                preprocessing_function_names=[export.TRANSFORM_FEATURES],
+                label_key=features.LABEL_KEY,
+                # Known, so TFMA does not try loading each model as Keras first.
+                model_type=tfma.TF_GENERIC,
             )
         ],
-        slicing_specs=[tfma.SlicingSpec()],
+        slicing_specs=[overall, per_class],
         metrics_specs=[
             tfma.MetricsSpec(
                 metrics=[
                     tfma.MetricConfig(
-                        class_name="SparseCategoricalAccuracy",
-                        threshold=tfma.MetricThreshold(
-                            value_threshold=tfma.GenericValueThreshold(
-                                lower_bound={"value": gate.min_accuracy}
-                            ),
-                            change_threshold=tfma.GenericChangeThreshold(
-                                direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-                                absolute={"value": -gate.max_accuracy_drop - 1e-10},
-                            ),
-                        ),
+                        class_name="Precision",
+                        config=json.dumps({"name": ACCURACY_METRIC}),
+                        per_slice_thresholds=accuracy_gate,
                     )
+                ],
+                binarize=tfma.BinarizationOptions(top_k_list={"values": [1]}),
+            ),
+            *_top_k_metrics_specs(gate.accuracy_top_k, num_classes),
+            tfma.MetricsSpec(
+                metrics=[
+                    tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot"),
+                    tfma.MetricConfig(class_name="ExampleCount"),
                 ]
-            )
+            ),
         ],
     )
+
+
+def _top_k_metrics_specs(k: int, num_classes: int | None) -> list[tfma.MetricsSpec]:
+    if num_classes is None or num_classes <= k:
+        return []
+    return [
+        tfma.MetricsSpec(
+            metrics=[
+                tfma.MetricConfig(
+                    class_name="Recall", config=json.dumps({"name": TOP_K_ACCURACY_METRIC})
+                )
+            ],
+            binarize=tfma.BinarizationOptions(top_k_list={"values": [k]}),
+        )
+    ]
+
+
+def _every_output_of(node_id: str, output_key: str, artifact_type: type) -> tfx.dsl.Channel:
+    """Every `output_key` artifact the node produced in any run, queried from ML Metadata.
+
+    A plain Channel, not an upstream node's output: that would be this run's only.
+    (TFX's span resolver ops need a `version` property, which ExampleStatistics lacks.)
+    """
+    return tfx.dsl.Channel(type=artifact_type, producer_component_id=node_id, output_key=output_key)
 
 
 def create_pipeline(
@@ -86,6 +165,7 @@ def create_pipeline(
     beam_pipeline_args: Sequence[str] = (),
     platform_configs: Mapping[str, message.Message] | None = None,
     enable_cache: bool = True,
+    layout: str | None = None,
 ) -> tfx.dsl.Pipeline:
     """Builds the pipeline: image folder in, a blessed model pushed for TF Serving.
 
@@ -103,23 +183,39 @@ def create_pipeline(
         platform_configs: Orchestrator resource requests by node id (for Kubeflow
             V2, a `PipelineContainerSpec.ResourceSpec`, e.g. GPUs for the Trainer).
         enable_cache: Reuse outputs of nodes whose inputs did not change.
+        layout: The data folder's layout, one of image_folder_example_gen.LAYOUTS
+            (e.g. "classes", "presplit-test", "span-classes"); None lists
+            `data_root` to find it, which an object store may not allow.
 
     Returns:
         The TFX pipeline.
+
+    Raises:
+        ValueError: A setting is impossible, e.g. a span asked of a layout without spans.
     """
     training.validate()
     ingest.validate()
     gate.validate()
     components = []
 
-    # Read the image folder into tf.Examples, accounting for every file.
-    input_config = make_input_config(data_root)
+    # A given layout lists nothing; otherwise the folder is listed (for val/ or eval/ too).
+    input_config = make_input_config(data_root, layout)
+    spans = has_spans(layout or detect_layout(data_root))
+    if not spans and (ingest.span or ingest.span_window > 1):
+        raise ValueError(
+            f"span={ingest.span} and span_window={ingest.span_window} need span-<N> folders; "
+            f"the data layout is {layout or detect_layout(data_root)!r}"
+        )
+
+    # Read the image folder (the latest span, or the one asked) into tf.Examples,
+    # accounting for every file.
     example_gen = ImageFolderExampleGen(
         input_base=data_root,
         input_config=input_config,
-        output_config=make_output_config(input_config, ingest.eval_percent),
+        output_config=make_output_config(input_config, ingest.eval_percent, ingest.test_percent),
         ingest_options=image_files.IngestOptions(max_side=ingest.max_side),
         min_images_per_class=ingest.min_images_per_class,
+        range_config=make_range_config(ingest.span) if spans else None,
     ).with_id(EXAMPLE_GEN)
     components.append(example_gen)
 
@@ -135,10 +231,44 @@ def create_pipeline(
     ).with_id(EXAMPLE_VALIDATOR)
     components += [statistics_gen, schema_gen, example_validator]
 
+    # Stop here, naming the anomalies, when the data is unfit: too few examples, a
+    # class missing against the schema or the previous span, label drift from the
+    # previous span (its statistics resolved from ML Metadata). Transform and the
+    # Trainer read the schema the gate passes on, so nothing trains on unfit data.
+    data_gate = DataGate(
+        statistics=statistics_gen.outputs["statistics"],
+        schema=schema_gen.outputs["schema"],
+        anomalies=example_validator.outputs["anomalies"],
+        previous_statistics=(
+            _every_output_of(
+                STATISTICS_GEN, "statistics", tfx.types.standard_artifacts.ExampleStatistics
+            )
+            if spans else None
+        ),
+        min_examples=ingest.min_examples,
+        max_label_drift=ingest.max_label_drift,
+    ).with_id(DATA_GATE)
+    components.append(data_gate)
+    checked_schema = data_gate.outputs[CHECKED_SCHEMA_KEY]
+
+    # With spans, Transform and the Trainer may read a rolling window of the last
+    # spans ingested (TFX's rolling_range over every ExampleGen output in ML Metadata).
+    training_examples = example_gen.outputs["examples"]
+    if spans and ingest.span_window > 1:
+        training_examples = canned_resolver_functions.rolling_range(
+            tfx.dsl.Channel(
+                type=tfx.types.standard_artifacts.Examples,
+                producer_component_id=EXAMPLE_GEN,
+                output_key="examples",
+            ),
+            num_spans=ingest.span_window,
+            min_spans=1,
+        )
+
     # Build the label vocabulary and the image preprocessing graph (not materialized).
     transform = tfx.components.Transform(
-        examples=example_gen.outputs["examples"],
-        schema=schema_gen.outputs["schema"],
+        examples=training_examples,
+        schema=checked_schema,
         preprocessing_fn=TRANSFORM_MODULE,
         materialize=False,
         custom_config=training.to_dict(),
@@ -148,9 +278,9 @@ def create_pipeline(
     # Train a new head on the frozen pretrained backbone.
     trainer = tfx.components.Trainer(
         run_fn=TRAINER_MODULE,
-        examples=example_gen.outputs["examples"],
+        examples=training_examples,
         transform_graph=transform.outputs["transform_graph"],
-        schema=schema_gen.outputs["schema"],
+        schema=checked_schema,
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
         custom_config=training.to_dict(),
@@ -170,18 +300,23 @@ def create_pipeline(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=baseline_resolver.outputs["model"],
-        eval_config=make_eval_config(gate),
+        schema=schema_gen.outputs["schema"],
+        eval_config=make_eval_config(
+            gate, num_classes=None if layout else count_classes(data_root, ingest.span)
+        ),
         example_splits=["eval"],
     ).with_id(EVALUATOR)
     components.append(evaluator)
 
-    # Push a blessed model, once, into TF Serving's <model>/<version>/ layout.
+    # Push a blessed model, once, into TF Serving's <model>/<version>/ layout, with
+    # warm-up requests and models.config; keep the newest versions.
     pusher = ServingPusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)
         ),
+        custom_config={KEEP_VERSIONS_KEY: gate.keep_versions},
     ).with_id(PUSHER)
     components.append(pusher)
 

@@ -12,9 +12,12 @@ import tensorflow_model_analysis as tfma
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tensorflow_metadata.proto.v0 import statistics_pb2
+from tfx.utils import path_utils
 
-from components import image_folder_example_gen, serving_pusher
+from components import data_gate, image_folder_example_gen, serving_pusher
+from pipeline import evaluation as evaluation_lib
 from pipeline import pipeline as pipeline_def
+from trainer import export
 
 _RUN_CONTEXT = "pipeline_run"
 _NODE_CONTEXT = "node"
@@ -138,7 +141,8 @@ def overall_metrics(evaluation_uri: str) -> dict[str, float]:
 
 
 def build_summary(records: dict[str, NodeRecord]) -> dict[str, Any]:
-    """The run summary: examples, classes, skipped files, metrics, blessing, push."""
+    """The run summary: examples, classes, skipped files, metrics, blessing and the
+    gate checks behind it (see `pipeline.evaluation`), push."""
     examples = _single(records.get(pipeline_def.EXAMPLE_GEN), "examples")
     ingest = {}
     if examples is not None:
@@ -146,12 +150,19 @@ def build_summary(records: dict[str, NodeRecord]) -> dict[str, Any]:
         if tf.io.gfile.exists(summary_path):
             with tf.io.gfile.GFile(summary_path) as f:
                 ingest = json.load(f)
+    checked_schema = _single(records.get(pipeline_def.DATA_GATE), data_gate.CHECKED_SCHEMA_KEY)
+    gate_report = json.loads(_custom_string(checked_schema, data_gate.REPORT_PROPERTY) or "{}") if (
+        checked_schema is not None) else {}
     statistics = _single(records.get(pipeline_def.STATISTICS_GEN), "statistics")
     evaluation = _single(records.get(pipeline_def.EVALUATOR), "evaluation")
     blessing = _single(records.get(pipeline_def.EVALUATOR), "blessing")
     pushed = _single(records.get(pipeline_def.PUSHER), "pushed_model")
-    metrics = overall_metrics(evaluation.uri) if evaluation is not None else {}
-    accuracy = metrics.get(pipeline_def.ACCURACY_METRIC)
+    blessed = bool(blessing is not None and _custom_int(blessing, "blessed") == 1)
+    model = _single(records.get(pipeline_def.TRAINER), "model")
+    metrics, gate = {}, {}
+    if evaluation is not None:
+        metrics = evaluation_lib.read_metrics(evaluation.uri, _class_names(model))
+        gate = evaluation_lib.read_gate(evaluation.uri, blessed)
     return {
         "examples": examples_per_split(statistics.uri) if statistics is not None else {},
         "classes": sorted(ingest.get("images_per_class", {})),
@@ -160,12 +171,28 @@ def build_summary(records: dict[str, NodeRecord]) -> dict[str, Any]:
         "skipped": [
             {"path": row["path"], "reason": row["reason"]} for row in ingest.get("not_used", [])
         ],
-        "metrics": {"accuracy": accuracy} if accuracy is not None else {},
-        "blessed": bool(blessing is not None and _custom_int(blessing, "blessed") == 1),
+        "span": ingest.get("span", 0),
+        "warnings": ingest.get("warnings", []) + gate_report.get("warnings", []),
+        "data_gate": {
+            key: gate_report[key] for key in ("compared_span", "label_drift") if key in gate_report
+        },
+        "metrics": metrics,
+        "blessed": blessed,
+        "gate": gate,
         "pushed_model": _pushed_model_dir(pushed),
         "pushed_this_run": bool(pushed is not None and _custom_int(pushed, "pushed") == 1),
         "steps": {node_id: record.state for node_id, record in records.items()},
     }
+
+
+def _class_names(model: metadata_store_pb2.Artifact | None) -> list[str]:
+    """The trained model's classes in output order; empty if they cannot be read."""
+    if model is None:
+        return []
+    try:
+        return export.read_class_names(path_utils.serving_model_path(model.uri))
+    except FileNotFoundError:
+        return []
 
 
 def _pushed_model_dir(pushed: metadata_store_pb2.Artifact | None) -> str | None:

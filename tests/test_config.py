@@ -5,17 +5,26 @@ import dataclasses
 import pytest
 
 from pipeline.config import GateConfig, IngestConfig
-from trainer.config import TrainingConfig
+from trainer.config import (
+    AugmentationConfig,
+    FineTuningConfig,
+    HeadConfig,
+    TrainingConfig,
+)
 
 
 def test_defaults_validate():
-    assert TrainingConfig().validate().backbone == "efficientnet_lite0"
+    config = TrainingConfig().validate()
+    assert config.backbone == "efficientnet_lite0"
+    assert not config.augmentation.enabled and not config.fine_tuning.enabled
+    assert config.cache_features and config.class_weights == "none"
     IngestConfig().validate()
     GateConfig().validate()
 
 
 def test_input_size_defaults_to_the_backbone():
     assert TrainingConfig().input_size == 224
+    assert TrainingConfig(backbone="inception_v3").input_size == 299
     assert TrainingConfig(image_size=96).input_size == 96
 
 
@@ -24,12 +33,30 @@ def test_input_size_defaults_to_the_backbone():
     [
         (TrainingConfig(backbone="alexnet"), "unknown backbone 'alexnet'"),
         (TrainingConfig(weights="/no/such/file.h5"), "weights='/no/such/file.h5'"),
-        (TrainingConfig(image_size=8), "image_size"),
+        (TrainingConfig(backbone="vgg16", weights="package"), "vgg16 has no weights package"),
+        (TrainingConfig(image_size=8), "image_size must be at least 32"),
+        (TrainingConfig(backbone="inception_v3", image_size=64), "at least 75 pixels"),
+        (TrainingConfig(backbone="vgg16", cut_layer="fc9"), "cut_layer='fc9'"),
         (TrainingConfig(epochs=0), "epochs"),
         (TrainingConfig(batch_size=0), "batch_size"),
         (TrainingConfig(learning_rate=2.0), "learning_rate"),
-        (TrainingConfig(dropout=1.0), "dropout"),
+        (TrainingConfig(optimizer="adamw"), "optimizer must be one of"),
         (TrainingConfig(early_stopping_patience=-1), "early_stopping_patience"),
+        (TrainingConfig(class_weights="balanced"), "class_weights must be"),
+        (TrainingConfig(class_weights={"cat": 0.0}), "class_weights must all be positive"),
+        (TrainingConfig(mixed_precision="maybe"), "mixed_precision"),
+        (TrainingConfig(head=HeadConfig(dropout=1.0)), "head.dropout"),
+        (TrainingConfig(head=HeadConfig(pooling="mean")), "head.pooling"),
+        (TrainingConfig(head=HeadConfig(dense_units=(8, 0))), "head.dense_units"),
+        (TrainingConfig(head=HeadConfig(activation="wiggle")), "head.activation 'wiggle'"),
+        (TrainingConfig(augmentation=AugmentationConfig(rotation=1.5)), "augmentation.rotation"),
+        (TrainingConfig(fine_tuning=FineTuningConfig(unfreeze_layers=-1)),
+         "fine_tuning.unfreeze_layers"),
+        (TrainingConfig(fine_tuning=FineTuningConfig(unfreeze_layers="top")),
+         "fine_tuning.unfreeze_layers"),
+        (TrainingConfig(fine_tuning=FineTuningConfig(learning_rate=0.0)),
+         "fine_tuning.learning_rate"),
+        (TrainingConfig(epochs="3"), "epochs: expected a whole number, got '3'"),
         (IngestConfig(eval_percent=0), "eval_percent"),
         (IngestConfig(min_images_per_class=0), "min_images_per_class"),
         (IngestConfig(max_side=8), "max_side"),
@@ -43,17 +70,54 @@ def test_impossible_settings_are_named(config, named):
 
 
 def test_unknown_backbone_error_lists_the_choices():
-    with pytest.raises(ValueError, match="efficientnet_lite0.*mobilenet_v2"):
+    with pytest.raises(ValueError, match="efficientnet_lite0.*mobilenet_v2.*vgg16"):
         TrainingConfig(backbone="nope").validate()
 
 
-def test_dict_round_trip_and_unknown_keys():
-    config = TrainingConfig(backbone="mobilenet_v2", weights="none", epochs=3)
-    assert TrainingConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ValueError, match=r"unknown training settings \['epoch'\]"):
-        TrainingConfig.from_dict({**config.to_dict(), "epoch": 3})
+def test_dict_round_trip_is_json_safe_and_nested():
+    config = TrainingConfig(
+        backbone="inception_v3", weights="none", cut_layer="mixed7", epochs=3,
+        head=HeadConfig(pooling="flatten", dense_units=(1024,), binary=True),
+        augmentation=AugmentationConfig(horizontal_flip=True, zoom=0.2),
+        fine_tuning=FineTuningConfig(unfreeze_layers="all"),
+        class_weights={"cat": 2.0},
+    )
+    values = config.to_dict()
+    assert values["head"]["dense_units"] == [1024]  # a list: JSON has no tuples
+    assert TrainingConfig.from_dict(values) == config
+
+
+def test_nested_sections_may_be_given_as_mappings():
+    config = TrainingConfig(head={"dense_units": [64], "dropout": "0.5"}, weights="none")
+    assert config.head == HeadConfig(dense_units=(64,), dropout=0.5)
+    assert config.validate().head.dense_units == (64,)
+
+
+def test_unknown_and_mistyped_keys_are_refused_by_name():
+    with pytest.raises(ValueError, match=r"^epoch: unknown setting; training settings are"):
+        TrainingConfig.from_dict({"epoch": 3})
+    with pytest.raises(ValueError, match=r"^head\.dense_unit: unknown setting; head settings"):
+        TrainingConfig.from_dict({"head": {"dense_unit": [3]}})
+    with pytest.raises(ValueError, match=r"^head\.binary: expected true or false, got 'yes'"):
+        TrainingConfig.from_dict({"head": {"binary": "yes"}})
+    with pytest.raises(ValueError, match=r"^fine_tuning: expected a mapping"):
+        TrainingConfig.from_dict({"fine_tuning": 10})
+
+
+def test_yaml_style_numbers_are_accepted_where_floats_are_expected():
+    config = TrainingConfig.from_dict({"learning_rate": "1e-4", "weights": "none",
+                                       "fine_tuning": {"learning_rate": "1e-5"}})
+    assert config.learning_rate == 1e-4 and config.fine_tuning.learning_rate == 1e-5
+
+
+def test_enabled_flags():
+    assert AugmentationConfig(width_shift=0.1).enabled
+    assert FineTuningConfig(unfreeze_layers="all").enabled
+    assert FineTuningConfig(unfreeze_layers=10).enabled
 
 
 def test_configs_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         TrainingConfig().epochs = 3  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        TrainingConfig().head.dropout = 0.5  # type: ignore[misc]

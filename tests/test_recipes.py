@@ -1,0 +1,95 @@
+"""Every seed recipe in recipes/ runs end to end: config file -> Trainer -> served model.
+
+Each runs through the real `run_fn` path (`train_and_export`) on tiny colour
+images with a real Transform graph, `weights: none` (the Keras ImageNet weights
+cannot be downloaded offline), small images and few epochs; everything else is
+the recipe's own config.
+"""
+
+import dataclasses
+import pathlib
+
+import numpy as np
+import pytest
+
+from tests import trainer_testing
+from trainer import export, model
+from trainer.config import TrainingConfig
+from trainer.config_file import build_config, read_config_file
+
+RECIPES = pathlib.Path(__file__).parent.parent / "recipes"
+SMALL_IMAGE = {"vgg16": 32, "mobilenet_v2": 32, "inception_v3": 75}
+TWO_CLASSES = {"red": 20, "blue": 20}
+TWENTY_TIMES_SMALLER = {"red": 1, "green": 1, "blue": 1}  # the others train on 60
+
+
+def _recipe(stem: str) -> TrainingConfig:
+    (path,) = RECIPES.glob(f"{stem}_*.yaml")
+    training = read_config_file(str(path), {"training": TrainingConfig})["training"]
+    config = build_config(TrainingConfig, training)
+    # What cannot be had offline or afforded in a unit test; the rest is the recipe.
+    return dataclasses.replace(
+        config, weights="none", image_size=SMALL_IMAGE[config.backbone], epochs=2,
+        batch_size=8,
+        fine_tuning=dataclasses.replace(config.fine_tuning, epochs=1),
+    ).validate()
+
+
+def _run(config, tmp_path, train=None):
+    fn_args = trainer_testing.fn_args_for(
+        config, tmp_path, train=train,
+        eval_={name: 4 for name in (train or trainer_testing.TRAIN_PER_CLASS)})
+    history = model.train_and_export(fn_args)
+    examples, _, eval_rows = trainer_testing.colour_examples(
+        tuple((train or trainer_testing.TRAIN_PER_CLASS).items()),
+        tuple({name: 4 for name in (train or trainer_testing.TRAIN_PER_CLASS)}.items()))
+    served = trainer_testing.serve(fn_args.serving_model_dir, [image for image, _ in eval_rows])
+    scores = served[export.SCORES_OUTPUT].numpy()
+    assert scores.shape == (len(eval_rows), len(train or trainer_testing.TRAIN_PER_CLASS))
+    np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-5)
+    return history
+
+
+def test_s0_vgg16_cut_at_fc2_with_a_dense_layer(tmp_path):
+    config = _recipe("s0")
+    base = model.build_parts(config, 3).base
+    assert base.layers[-1].name == "fc2" and base.output_shape == (None, 4096)
+    history = _run(config, tmp_path)
+    assert history["path"] == {model.HEAD_PHASE: model.PATH_CACHED}
+
+
+def test_s1_feature_vector_with_augmentation_then_fine_tuning(tmp_path):
+    config = _recipe("s1")
+    history = _run(config, tmp_path)
+    assert history["path"] == {model.HEAD_PHASE: model.PATH_END_TO_END,
+                               model.FINE_TUNING_PHASE: model.PATH_END_TO_END}
+    assert history["unfrozen_layers"][-1] == "Conv_1"
+    assert len(history[model.FINE_TUNING_PHASE]["loss"]) == 1
+
+
+def test_s2_vgg16_flatten_dense_with_augmentation(tmp_path):
+    history = _run(_recipe("s2"), tmp_path)
+    assert history["path"] == {model.HEAD_PHASE: model.PATH_END_TO_END}
+
+
+def test_s3_inception_mixed7_flatten_dense_sigmoid(tmp_path):
+    config = _recipe("s3")
+    parts = model.build_parts(config, 2)
+    assert parts.base.layers[-1].name == "mixed7"
+    assert parts.head_top.get_layer("probability").output_shape == (None, 1)
+    history = _run(config, tmp_path, train=TWO_CLASSES)
+    assert history["path"] == {model.HEAD_PHASE: model.PATH_CACHED}
+
+
+def test_s4_vgg16_frozen_small_head_on_a_training_set_20_times_smaller(tmp_path):
+    history = _run(_recipe("s4"), tmp_path, train=TWENTY_TIMES_SMALLER)
+    assert history["path"] == {model.HEAD_PHASE: model.PATH_CACHED}
+
+
+@pytest.mark.parametrize("stem", ["s0", "s1", "s2", "s3", "s4"])
+def test_recipes_keep_their_real_settings(stem):
+    (path,) = RECIPES.glob(f"{stem}_*.yaml")
+    config = build_config(TrainingConfig, read_config_file(
+        str(path), {"training": TrainingConfig})["training"])
+    assert config.weights == "imagenet"
+    assert config.input_size >= 150

@@ -1,0 +1,132 @@
+"""One training phase: compile, fit with early stopping, keep the best epoch.
+
+Each phase logs to TensorBoard under its own folder of the model run directory
+and returns its per-epoch history. Early stopping watches the validation loss;
+`BestWeights` restores the best epoch's weights at the end whether or not early
+stopping fired (Keras' own `restore_best_weights` only restores when it fires).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+MONITOR = "val_loss"
+
+
+def make_optimizer(name: str, learning_rate: float) -> tf.keras.optimizers.Optimizer:
+    """"adam", "rmsprop" or "sgd" (with momentum 0.9) at `learning_rate`."""
+    if name == "adam":
+        return tf.keras.optimizers.Adam(learning_rate)
+    if name == "rmsprop":
+        return tf.keras.optimizers.RMSprop(learning_rate)
+    if name == "sgd":
+        return tf.keras.optimizers.SGD(learning_rate, momentum=0.9)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def compile_for_training(model: tf.keras.Model, optimizer: str, learning_rate: float) -> None:
+    """Cross-entropy on the model's class scores (probabilities), and accuracy."""
+    model.compile(
+        optimizer=make_optimizer(optimizer, learning_rate),
+        loss=tf.keras.losses.SparseCategoricalCrossentropy(),
+        metrics=["accuracy"],
+    )
+
+
+class BestWeights(tf.keras.callbacks.Callback):
+    """Keeps the trainable weights of the epoch with the lowest validation loss.
+
+    At the end of training they are restored. With `initial_best` (the best
+    loss of an earlier phase), the starting weights count as that epoch, so a
+    phase that never beats it ends with the weights it started from.
+    """
+
+    def __init__(self, initial_best: float = math.inf) -> None:
+        super().__init__()
+        self.initial_best = initial_best
+        self.best = initial_best
+        self.best_epoch: int | None = None
+        self._best_weights: list[np.ndarray] = []
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.best = self.initial_best
+        self.best_epoch = None
+        self._best_weights = self._snapshot()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        value = (logs or {}).get(MONITOR)
+        if value is not None and value < self.best:
+            self.best, self.best_epoch = float(value), epoch
+            self._best_weights = self._snapshot()
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        for variable, value in zip(self.model.trainable_weights, self._best_weights):
+            variable.assign(value)
+
+    def _snapshot(self) -> list[np.ndarray]:
+        return [variable.numpy() for variable in self.model.trainable_weights]
+
+
+def fit_phase(
+    model: tf.keras.Model,
+    train: Any,
+    validation: Any,
+    *,
+    epochs: int,
+    patience: int,
+    log_dir: str,
+    batch_size: int | None = None,
+    class_weight: dict[int, float] | None = None,
+    initial_best: float = math.inf,
+) -> tuple[dict[str, list[float]], BestWeights]:
+    """Fits a compiled `model`; ends with its best epoch's weights.
+
+    Args:
+        model: Compiled model to train.
+        train: A tf.data.Dataset of (inputs, labels) batches, or an (inputs,
+            labels) tuple of arrays (then `batch_size` applies, and the arrays
+            are shuffled every epoch).
+        validation: The same, for validation.
+        epochs: Most epochs to train.
+        patience: Epochs without a better validation loss before stopping.
+        log_dir: TensorBoard log directory of this phase.
+        batch_size: Batch size for array inputs.
+        class_weight: Loss weight per class id.
+        initial_best: Validation loss to beat (an earlier phase's best).
+
+    Returns:
+        The per-epoch history (metric -> values) and the `BestWeights` callback
+        (its `best` and `best_epoch`).
+    """
+    best = BestWeights(initial_best)
+    callbacks = [
+        tf.keras.callbacks.EarlyStopping(
+            monitor=MONITOR, patience=patience,
+            baseline=None if math.isinf(initial_best) else initial_best,
+        ),
+        best,
+        tf.keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False, update_freq="epoch"),
+    ]
+    tf.io.gfile.makedirs(log_dir)
+    arrays = isinstance(train, tuple)
+    history = model.fit(
+        *(train if arrays else (train,)),
+        validation_data=validation,
+        epochs=epochs,
+        batch_size=batch_size if arrays else None,
+        shuffle=arrays,
+        class_weight=class_weight,
+        callbacks=callbacks,
+        verbose=2,
+    )
+    return {name: [float(v) for v in values] for name, values in history.history.items()}, best
+
+
+def log_dir_for(model_run_dir: str, phase: str) -> str:
+    """TensorBoard folder of `phase` in the model run directory."""
+    return os.path.join(model_run_dir, phase)
