@@ -700,6 +700,9 @@ def _slice_name(slice_key: tuple) -> str:
 
 
 def _metric_name(key: metric_types.MetricKey) -> str:
+    """The metric's name; its sub-key too, except top-1 for accuracy, which defines it."""
+    if key.name == pipeline_def.ACCURACY_METRIC and key.sub_key == metric_types.SubKey(top_k=1):
+        return key.name
     return f"{key.name} [{key.sub_key}]" if key.sub_key else key.name
 
 

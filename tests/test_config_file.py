@@ -1,5 +1,6 @@
 """Config files: YAML sections to typed configs, clear errors, flags on top."""
 
+import argparse
 import pathlib
 
 import pytest
@@ -94,7 +95,7 @@ def test_recipes_say_what_the_seeds_did():
 
 def test_cli_flags_override_the_file(tmp_path):
     path = _write(tmp_path, "training:\n  backbone: vgg16\n  epochs: 7\n  batch_size: 4\n")
-    parser_args = cli.argparse.Namespace(epochs=2, backbone=None, batch_size=None)
+    parser_args = argparse.Namespace(epochs=2, backbone=None, batch_size=None)
     sections = cli._read_config_file(path)
     config = cli._config_from_flags(TrainingConfig, parser_args, sections["training"])
     assert (config.backbone, config.epochs, config.batch_size) == ("vgg16", 2, 4)

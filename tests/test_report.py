@@ -266,7 +266,7 @@ def test_gate_section_states_the_decision_thresholds_and_values(report):
     assert ">BLESSED<" in section and report.summary["blessed"] is True
     assert "no model was blessed before" in section
     value_row = re.search(
-        r"<tr><td>Overall</td><td>sparse_categorical_accuracy</td><td>value</td>(.*?)</tr>", section
+        r"<tr><td>Overall</td><td>accuracy</td><td>value</td>(.*?)</tr>", section
     )
     assert "&gt;= 0.0000" in value_row.group(1) and f">{accuracy:.4f}<" in value_row.group(1)
     assert ">pass<" in value_row.group(1)
