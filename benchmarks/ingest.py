@@ -18,7 +18,6 @@ machine and on what else runs on it.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import random
@@ -32,6 +31,7 @@ import time
 import numpy as np
 import psutil
 from PIL import Image
+from synthetic_images import photo_jpeg
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -47,18 +47,11 @@ DEFAULT_BEAM_ARGS = ("--direct_running_mode=multi_processing", "--direct_num_wor
 
 
 def _base_jpeg(rng: np.random.Generator, longest: int, colour: tuple[int, int, int]) -> bytes:
-    """A photo-like JPEG: smooth structure plus grain, so it compresses like a photo."""
+    """A photo-like JPEG whose longer side is `longest`, landscape or portrait."""
     aspect = rng.uniform(0.6, 1.0)
     width, height = (longest, int(longest * aspect)) if rng.random() < 0.5 else (
         int(longest * aspect), longest)
-    coarse = rng.normal(0, 40, (24, 24, 3)) + np.array(colour)
-    image = Image.fromarray(np.clip(coarse, 0, 255).astype(np.uint8), "RGB").resize(
-        (width, height), Image.Resampling.BILINEAR)
-    grain = rng.normal(0, 6, (height, width, 1)).astype(np.int16)
-    pixels = np.clip(np.asarray(image, dtype=np.int16) + grain, 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buffer, format="JPEG", quality=88)
-    return buffer.getvalue()
+    return photo_jpeg(rng, width, height, colour)
 
 
 def _unique(jpeg: bytes, tag: str) -> bytes:

@@ -22,22 +22,19 @@ from __future__ import annotations
 
 import argparse
 import functools
-import io
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
 import tensorflow_transform.beam as tft_beam  # noqa: E402
-from PIL import Image  # noqa: E402
+from synthetic_images import photo_jpeg  # noqa: E402
 from tensorflow_transform.tf_metadata import (  # noqa: E402
     dataset_metadata,
     metadata_io,
@@ -50,18 +47,6 @@ from trainer.config import TrainingConfig  # noqa: E402
 CLASSES = ("red", "green", "blue")
 COLOURS = ((200, 40, 40), (40, 180, 50), (40, 50, 200))
 BATCH = 32
-
-
-def photo_jpeg(rng: np.random.Generator, width: int, height: int, colour) -> bytes:
-    """A photo-like JPEG: smooth structure plus grain, so it decodes like a photo."""
-    coarse = rng.normal(0, 40, (24, 24, 3)) + np.array(colour)
-    image = Image.fromarray(np.clip(coarse, 0, 255).astype(np.uint8), "RGB").resize(
-        (width, height), Image.Resampling.BILINEAR)
-    grain = rng.normal(0, 6, (height, width, 1)).astype(np.int16)
-    pixels = np.clip(np.asarray(image, dtype=np.int16) + grain, 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buffer, format="JPEG", quality=88)
-    return buffer.getvalue()
 
 
 def transform_output(config: TrainingConfig, images: list[bytes], workdir: str):
