@@ -47,7 +47,7 @@ from tests import trainer_testing  # noqa: E402  (real TFX inputs: Examples, Tra
 from trainer import backbones, export, model  # noqa: E402
 from trainer.config import FineTuningConfig, HeadConfig, TrainingConfig  # noqa: E402
 
-FASHION_DIRS = (demo_data.FASHION_MNIST_DIR, "/usr/share/datasets/fashion-mnist")
+FASHION_DIRS = demo_data.FASHION_MNIST_DIRS
 IMAGE_SIZE = 96
 BACKBONE = "efficientnet_lite0"
 BATCH_SIZE = 32
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test", type=int, default=10_000)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--fine-tune-layers", type=int, default=120)
-    parser.add_argument("--fine-tune-epochs", type=int, default=6)
+    parser.add_argument("--fine-tune-epochs", type=int, default=8)
     parser.add_argument("--fine-tune-learning-rate", type=float, default=1e-4)
     parser.add_argument("--skip-seeds", action="store_true")
     args = parser.parse_args(argv)

@@ -14,7 +14,8 @@ import os
 import numpy as np
 from PIL import Image
 
-FASHION_MNIST_DIR = "/usr/share/fashion-mnist"
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist", "/usr/share/fashion-mnist")
+"""Where Debian's `dataset-fashion-mnist` installs the idx files (first found wins)."""
 FASHION_MNIST_CLASSES = (
     "tshirt_top", "trouser", "pullover", "dress", "coat",
     "sandal", "shirt", "sneaker", "bag", "ankle_boot",
@@ -40,8 +41,11 @@ def _read_idx(path: str) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def find_fashion_mnist(directory: str = FASHION_MNIST_DIR) -> dict[str, str] | None:
+def find_fashion_mnist(directory: str | None = None) -> dict[str, str] | None:
     """Paths of the Fashion-MNIST idx files installed by Debian, or None."""
+    if directory is None:
+        found = (find_fashion_mnist(candidate) for candidate in FASHION_MNIST_DIRS)
+        return next((paths for paths in found if paths is not None), None)
     if not os.path.isdir(directory):
         return None
     names = os.listdir(directory)
@@ -63,7 +67,7 @@ def load_fashion_mnist(split: str = "train", limit: int | None = None):
     paths = find_fashion_mnist()
     if paths is None:
         raise FileNotFoundError(
-            f"Fashion-MNIST not found in {FASHION_MNIST_DIR}; "
+            f"Fashion-MNIST not found in {' or '.join(FASHION_MNIST_DIRS)}; "
             "install it with: apt-get install dataset-fashion-mnist"
         )
     images = _read_idx(paths[f"{split}_images"])[:limit]

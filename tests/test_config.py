@@ -87,6 +87,16 @@ def test_dict_round_trip_is_json_safe_and_nested():
     assert TrainingConfig.from_dict(values) == config
 
 
+def test_transform_gets_only_what_preprocessing_depends_on():
+    config = TrainingConfig(backbone="vgg16", weights="none", epochs=3,
+                            head=HeadConfig(dense_units=(8,)))
+    preprocessing = TrainingConfig.from_dict(config.preprocessing_dict())
+    assert (preprocessing.backbone, preprocessing.input_size) == ("vgg16", 224)
+    assert preprocessing.preprocessing_dict() == config.preprocessing_dict()
+    assert dataclasses.replace(config, epochs=9, learning_rate=0.1).preprocessing_dict() == (
+        config.preprocessing_dict())
+
+
 def test_nested_sections_may_be_given_as_mappings():
     config = TrainingConfig(head={"dense_units": [64], "dropout": "0.5"}, weights="none")
     assert config.head == HeadConfig(dense_units=(64,), dropout=0.5)

@@ -250,6 +250,15 @@ class TrainingConfig:
         """The JSON-safe form passed to components as `custom_config`."""
         return to_plain(self)
 
+    def preprocessing_dict(self) -> dict[str, Any]:
+        """Only what Transform's preprocessing depends on, as its `custom_config`.
+
+        With these alone, Transform's cached output stays valid when the head,
+        the optimizer or any other training setting changes, and Transform never
+        needs the weights file.
+        """
+        return {"backbone": self.backbone, "image_size": self.input_size}
+
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainingConfig:
         """Inverse of `to_dict`, validated; unknown keys and wrong types are errors.

