@@ -46,3 +46,12 @@ def write_class_folder(root: pathlib.Path, per_class: int, seed_offset: int = 0)
 def image_folder(tmp_path: pathlib.Path) -> pathlib.Path:
     """A small class-per-folder dataset: 3 classes x 12 images."""
     return write_class_folder(tmp_path / "images", per_class=12)
+
+
+@pytest.fixture
+def data_root(tmp_path: pathlib.Path) -> str:
+    """Two class folders with one tiny PNG each: enough for create_pipeline to list."""
+    for label in ("cat", "dog"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        (tmp_path / "data" / label / "1.png").write_bytes(encode(Image.new("RGB", (1, 1))))
+    return str(tmp_path / "data")

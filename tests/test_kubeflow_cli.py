@@ -16,12 +16,10 @@ import http.server
 import json
 import os
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import urllib.parse
-import zlib
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -155,22 +153,6 @@ def _multipart_files(content_type: str, body: bytes) -> dict[str, dict]:
     }
 
 
-def _tiny_png() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data)
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\x00\x10\x20\x30")) + chunk(b"IEND", b""))
-
-
-@pytest.fixture
-def data_root(tmp_path):
-    for label in ("cat", "dog"):
-        (tmp_path / "data" / label).mkdir(parents=True)
-        (tmp_path / "data" / label / "1.png").write_bytes(_tiny_png())
-    return str(tmp_path / "data")
 
 
 def _compile_flags(data_root: str) -> list[str]:

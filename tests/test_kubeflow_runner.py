@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
-import zlib
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -21,25 +19,6 @@ from pipeline.kubeflow_runner import KubeflowConfig
 IMAGE = "registry.example.com/transferline:1.2.3"
 BEAM_ARGS = ("--runner=FlinkRunner", "--flink_master=flink-jobmanager:8081", "--parallelism=4")
 TFX_COMMAND = ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
-
-
-def _tiny_png() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data)
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)  # 1x1 RGB
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\x00\x10\x20\x30")) + chunk(b"IEND", b""))
-
-
-@pytest.fixture
-def data_root(tmp_path):
-    """Two class folders with one tiny PNG each: what create_pipeline lists."""
-    for label in ("cat", "dog"):
-        (tmp_path / "data" / label).mkdir(parents=True)
-        (tmp_path / "data" / label / "1.png").write_bytes(_tiny_png())
-    return str(tmp_path / "data")
 
 
 def _config(data: str, **overrides) -> KubeflowConfig:
