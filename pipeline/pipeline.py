@@ -271,7 +271,8 @@ def create_pipeline(
         schema=checked_schema,
         preprocessing_fn=TRANSFORM_MODULE,
         materialize=False,
-        custom_config=training.to_dict(),
+        # Only what preprocessing depends on: a new head or optimizer keeps Transform cached.
+        custom_config=training.preprocessing_dict(),
     ).with_id(TRANSFORM)
     components.append(transform)
 

@@ -53,7 +53,7 @@ def preprocessing_fn(inputs: dict[str, tf.Tensor], custom_config: dict[str, Any]
 
     Args:
         inputs: Raw features; each is a [batch, 1] tensor (fixed-shape schema).
-        custom_config: `TrainingConfig.to_dict()`.
+        custom_config: `TrainingConfig.preprocessing_dict()` (backbone, image size).
 
     Returns:
         The transformed image ([batch, size, size, 3] float32) and label

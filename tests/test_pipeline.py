@@ -1,0 +1,55 @@
+"""create_pipeline's shape: node ids, what each node is given, impossible settings refused."""
+
+import dataclasses
+
+import pytest
+
+from pipeline import pipeline as pipeline_def
+from pipeline.config import IngestConfig
+from trainer.config import HeadConfig, TrainingConfig
+
+
+def _build(data_root: str, tmp_path, **kwargs):
+    return pipeline_def.create_pipeline(
+        pipeline_name="transferline-test",
+        pipeline_root=str(tmp_path / "root"),
+        data_root=data_root,
+        serving_model_dir=str(tmp_path / "serving" / "model"),
+        **kwargs,
+    )
+
+
+def _node(pipeline, node_id: str):
+    return next(c for c in pipeline.components if c.id == node_id)
+
+
+def test_nodes_have_the_stable_ids(data_root, tmp_path):
+    ids = [component.id for component in _build(data_root, tmp_path).components]
+    assert sorted(ids) == sorted(pipeline_def.NODE_IDS)
+
+
+def test_transform_gets_only_what_preprocessing_depends_on(data_root, tmp_path):
+    """A new head or optimizer must leave Transform's inputs, hence its cache, unchanged."""
+    training = TrainingConfig(image_size=64)
+    other_head = dataclasses.replace(
+        training, learning_rate=0.01, head=HeadConfig(dense_units=(32,), dropout=0.5)
+    )
+    configs = [
+        _node(_build(data_root, tmp_path, training=config), pipeline_def.TRANSFORM)
+        .exec_properties["custom_config"]
+        for config in (training, other_head)
+    ]
+    assert configs[0] == configs[1]
+    assert "backbone" in configs[0] and "64" in configs[0] and "learning_rate" not in configs[0]
+    trainer = _node(_build(data_root, tmp_path, training=other_head), pipeline_def.TRAINER)
+    assert "learning_rate" in trainer.exec_properties["custom_config"]
+
+
+def test_a_span_setting_without_span_folders_is_refused(data_root, tmp_path):
+    with pytest.raises(ValueError, match="span-<N> folders"):
+        _build(data_root, tmp_path, ingest=IngestConfig(span=2))
+
+
+def test_platform_config_for_an_unknown_node_is_refused(data_root, tmp_path):
+    with pytest.raises(ValueError, match="unknown node 'Trainr'"):
+        _build(data_root, tmp_path, platform_configs={"Trainr": object()})
