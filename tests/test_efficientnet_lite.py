@@ -205,6 +205,20 @@ def test_real_photos_get_sensible_imagenet_labels(classifier, photo, expected):
     assert probs[top5[0]] > 0.2
 
 
+@pytest.mark.parametrize(("variant", "size"), [("lite1", 240), ("lite2", 260)])
+def test_larger_variants_load_their_packages_weights(variant, size):
+    """Lite1 and Lite2 come from their own weight packages, at their own image sizes."""
+    model = efficientnet_lite.build_efficientnet_lite(
+        variant, input_shape=(size, size, 3), include_top=True, weights="imagenet"
+    )
+    probs = model(_photo("china.jpg", size), training=False).numpy()[0]
+    top1 = int(np.argmax(probs))
+    print(variant, top1, round(float(probs[top1]), 3))
+
+    assert top1 in CHINA_CLASSES, f"{variant} top-1 {top1} is not one of {CHINA_CLASSES}"
+    assert probs[top1] > 0.2
+
+
 def test_keras_weights_file_round_trip(headless_small, tmp_path):
     path = str(tmp_path / "lite0.h5")
     headless_small.save_weights(path)
