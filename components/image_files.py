@@ -4,8 +4,10 @@ Transferline turns a folder of labelled images into a served classifier. The
 folder layout is ``<root>/<label>/.../<image>``: the first path component
 below the root is the class label, and images may be nested deeper.
 
-This module is pure Python (Pillow + numpy, no TensorFlow) so the Beam-based
-component can call it inside a ``DoFn``, one file at a time:
+This module is pure Python (Pillow + numpy) so the Beam-based component can
+call it inside a ``DoFn``, one file at a time. Files are reached through
+``components/file_systems.py``: local paths with ``os``, object-store URIs
+(``gs://``, ``s3://``, ...) with ``tf.io.gfile``, imported only for those.
 
 * :func:`walk_image_folder` streams every file below the root as a
   :class:`FoundFile`, in a deterministic order, following symlinks without
@@ -41,13 +43,14 @@ import enum
 import hashlib
 import io
 import os
-import stat
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from components import file_systems
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {
@@ -221,7 +224,6 @@ class IngestedFile:
 # Walking the folder
 # --------------------------------------------------------------------------
 
-_FileId = tuple[int, int]
 _OnError = Callable[[OSError], None]
 
 
@@ -230,9 +232,10 @@ class _WalkState:
     """Bookkeeping local to one :func:`walk_image_folder` call."""
 
     root: str
+    fs: file_systems.FileSystem
     on_error: _OnError | None
-    visited_dirs: set[_FileId] = dataclasses.field(default_factory=set)
-    counted_files: dict[_FileId, str] = dataclasses.field(default_factory=dict)
+    visited_dirs: set[file_systems.FileId] = dataclasses.field(default_factory=set)
+    counted_files: dict[file_systems.FileId, str] = dataclasses.field(default_factory=dict)
     pending_links: collections.deque[tuple[str, tuple[str, ...]]] = (
         dataclasses.field(default_factory=collections.deque)
     )
@@ -242,6 +245,10 @@ def walk_image_folder(
     root: str, on_error: _OnError | None = None
 ) -> Iterator[FoundFile]:
     """Streams every file below ``root`` as a :class:`FoundFile`.
+
+    ``root`` is a local path or an object-store URI (``gs://``, ``s3://``,
+    ... see ``components/file_systems.py``); the same rules apply to both,
+    except that object stores have no symlinks (and so no loops or aliases).
 
     The order is deterministic and happens in two phases so that real files
     win over links to them:
@@ -272,8 +279,9 @@ def walk_image_folder(
     Raises:
         OSError: If a folder cannot be listed and ``on_error`` is None.
     """
-    state = _WalkState(root=os.path.abspath(root), on_error=on_error)
-    root_id = _stat_id(state.root, follow_symlinks=True)
+    fs = file_systems.for_path(root)
+    state = _WalkState(root=fs.absolute(root), fs=fs, on_error=on_error)
+    root_id = fs.file_id(state.root, follow_symlinks=True)
     if root_id is not None:
         state.visited_dirs.add(root_id)
     yield from _walk_physical(state, state.root, ())
@@ -294,10 +302,10 @@ def _walk_physical(
             stack.pop()
             continue
         entry_parts = parts + (entry.name,)
-        if _is_symlink(entry):
+        if entry.is_symlink:
             state.pending_links.append((entry.path, entry_parts))
-        elif _is_real_dir(entry):
-            dir_id = _stat_id(entry.path, follow_symlinks=False)
+        elif entry.is_dir:
+            dir_id = state.fs.file_id(entry.path, follow_symlinks=False)
             if dir_id is None or dir_id not in state.visited_dirs:
                 if dir_id is not None:
                     state.visited_dirs.add(dir_id)
@@ -311,55 +319,28 @@ def _follow_link(
 ) -> Iterator[FoundFile]:
     """Handles one queued symlink: walks a new folder or yields a file."""
     try:
-        target = os.stat(path)
+        is_folder, dir_id = state.fs.is_folder_target(path)
     except OSError:  # Broken link: ingest_file reports it as unreadable.
         yield _found(state, path, parts, follow_symlinks=True)
         return
-    if not stat.S_ISDIR(target.st_mode):
+    if not is_folder:
         yield _found(state, path, parts, follow_symlinks=True)
         return
-    dir_id = (target.st_dev, target.st_ino)
     if dir_id in state.visited_dirs:
         return  # A loop or an alias of a folder already walked.
     state.visited_dirs.add(dir_id)
     yield from _walk_physical(state, path, parts)
 
 
-def _sorted_entries(state: _WalkState, path: str) -> list[os.DirEntry[str]]:
+def _sorted_entries(state: _WalkState, path: str) -> list[file_systems.Entry]:
     """Lists one folder sorted by name (entries only, never contents)."""
     try:
-        with os.scandir(path) as it:
-            return sorted(it, key=lambda entry: entry.name)
+        return state.fs.scandir(path)
     except OSError as error:
         if state.on_error is None:
             raise
         state.on_error(error)
         return []
-
-
-def _is_symlink(entry: os.DirEntry[str]) -> bool:
-    """Whether ``entry`` is a symlink (False if that cannot be told)."""
-    try:
-        return entry.is_symlink()
-    except OSError:
-        return False
-
-
-def _is_real_dir(entry: os.DirEntry[str]) -> bool:
-    """Whether ``entry`` is a folder, not following symlinks."""
-    try:
-        return entry.is_dir(follow_symlinks=False)
-    except OSError:
-        return False
-
-
-def _stat_id(path: str, follow_symlinks: bool) -> _FileId | None:
-    """(device, inode) of ``path``, or None if it cannot be stat'ed."""
-    try:
-        info = os.stat(path, follow_symlinks=follow_symlinks)
-    except OSError:
-        return None
-    return (info.st_dev, info.st_ino)
 
 
 def _found(
@@ -370,7 +351,7 @@ def _found(
     label = parts[0] if len(parts) > 1 else None
     same_file_as = None
     if ignore_reason(relative_path) is None:
-        file_id = _stat_id(path, follow_symlinks=follow_symlinks)
+        file_id = state.fs.file_id(path, follow_symlinks=follow_symlinks)
         if file_id is not None:
             same_file_as = state.counted_files.get(file_id)
             if same_file_as is None:
@@ -424,9 +405,9 @@ def ignore_reason(relative_path: str) -> str | None:
 
 
 def sha256_file(path: str, chunk: int = _READ_CHUNK) -> str:
-    """Returns the sha256 hex digest of a file, read in ``chunk``-byte pieces."""
+    """Returns the sha256 hex digest of a file (local or URI), read in ``chunk``-byte pieces."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with file_systems.for_path(path).open_regular(path) as handle:
         for piece in iter(lambda: handle.read(chunk), b""):
             digest.update(piece)
     return digest.hexdigest()
@@ -601,7 +582,7 @@ def _path_ignore_reason(found: FoundFile) -> str | None:
     if reason is None and found.label is None:
         reason = _NOT_IN_CLASS_FOLDER
     if reason is None and found.same_file_as is not None:
-        if os.path.islink(found.path):
+        if file_systems.for_path(found.path).islink(found.path):
             reason = f"ignored: symlink to a file already counted ({found.same_file_as})"
         else:
             reason = f"ignored: same file already counted as {found.same_file_as}"
@@ -626,24 +607,21 @@ def _without_image(
     )
 
 
-def _open_regular_file(path: str) -> io.BufferedReader:
-    """Opens a regular file for reading (symlinks followed).
+def _open_regular_file(path: str) -> BinaryIO:
+    """Opens a regular file (symlinks followed) or an object-store object for reading.
 
     Raises:
         UnusableImage: For a missing target, a non-regular file (never opened,
             so a FIFO cannot block) or an open error.
     """
+    fs = file_systems.for_path(path)
     try:
-        info = os.stat(path)
+        return fs.open_regular(path)
+    except file_systems.NotARegularFile as error:
+        raise UnusableImage("not a regular file") from error
     except OSError as error:
-        kind = "broken symlink" if os.path.islink(path) else "unreadable file"
+        kind = "broken symlink" if fs.islink(path) else "unreadable file"
         raise UnusableImage(f"{kind} ({_describe(error)})") from error
-    if not stat.S_ISREG(info.st_mode):
-        raise UnusableImage("not a regular file")
-    try:
-        return open(path, "rb")  # noqa: SIM115 (the caller closes it)
-    except OSError as error:
-        raise UnusableImage(f"unreadable file ({_describe(error)})") from error
 
 
 def _hash_regular_file(path: str) -> str:

@@ -2,8 +2,8 @@
 
 Pure Python, like `components/image_files.py` (which rules on one file at a
 time), so `transferline scan` applies exactly the rules ImageFolderExampleGen
-applies without loading TensorFlow. Listing goes through a `Lister`, so the
-component can list object stores with `tf.io.gfile` while `scan` uses `os`.
+applies. Folders are listed through `components/file_systems.py`: `os` for
+local paths, `tf.io.gfile` for object-store URIs (gs://, s3://, ...).
 
 Layouts (`LAYOUTS` lists the names):
     classes:        <root>/<class>/**/<image>                      split by content hash
@@ -19,11 +19,12 @@ import collections
 import dataclasses
 import hashlib
 import os
+import posixpath
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from components import image_files
+from components import file_systems, image_files
 
 LAYOUT_CLASSES = "classes"
 LAYOUT_PRESPLIT = "presplit"
@@ -45,10 +46,6 @@ EVAL_FOLDER_NAMES = ("val", "eval")
 SPLIT_ORDER = (TRAIN_SPLIT, EVAL_SPLIT, TEST_SPLIT)
 """Priority of given splits: an image found in several is kept in the first."""
 
-Lister = Callable[[str], Iterable[str]]
-"""Lists the entry names of a folder (a trailing '/' on folder names is ignored)."""
-
-
 class IngestionError(ValueError):
     """The image folder cannot make a training set (one message says why)."""
 
@@ -64,18 +61,18 @@ class SplitSpec:
 # --------------------------------------------------------------------------- layout
 
 
-def _names(path: str, listdir: Lister) -> set[str]:
-    return {name.rstrip("/") for name in listdir(path)}
+def _names(path: str) -> set[str]:
+    return set(file_systems.listdir(path))
 
 
-def list_spans(data_root: str, listdir: Lister = os.listdir) -> list[int]:
+def list_spans(data_root: str) -> list[int]:
     """Span numbers of the `span-<N>` folders directly under `data_root`, ascending.
 
     Raises:
         IngestionError: A span folder is zero-padded (TFX's `{SPAN}` would not find it).
     """
     spans = []
-    for name in _names(data_root, listdir):
+    for name in _names(data_root):
         match = _SPAN_FOLDER_RE.fullmatch(name)
         if match is None:
             continue
@@ -93,27 +90,27 @@ def has_spans(layout: str) -> bool:
     return layout.startswith(SPAN_LAYOUT_PREFIX)
 
 
-def _detect_split_layout(root: str, listdir: Lister) -> tuple[str, str]:
-    names = _names(root, listdir)
+def _detect_split_layout(root: str) -> tuple[str, str]:
+    names = _names(root)
     eval_folder = next((name for name in EVAL_FOLDER_NAMES if name in names), None)
     if TRAIN_SPLIT in names and eval_folder is not None:
         return (LAYOUT_PRESPLIT_TEST if TEST_SPLIT in names else LAYOUT_PRESPLIT), eval_folder
     return LAYOUT_CLASSES, EVAL_FOLDER_NAMES[0]
 
 
-def detect_layout(data_root: str, listdir: Lister = os.listdir) -> tuple[str, str]:
+def detect_layout(data_root: str) -> tuple[str, str]:
     """Lists `data_root` (and its latest span folder) to find its layout.
 
     Returns:
         (layout, one of LAYOUTS; the eval folder's name, "val" or "eval").
     """
-    spans = list_spans(data_root, listdir)
+    spans = list_spans(data_root)
     if spans:
         layout, eval_folder = _detect_split_layout(
-            os.path.join(data_root, f"span-{spans[-1]}"), listdir
+            os.path.join(data_root, f"span-{spans[-1]}")
         )
         return SPAN_LAYOUT_PREFIX + layout, eval_folder
-    return _detect_split_layout(data_root, listdir)
+    return _detect_split_layout(data_root)
 
 
 def split_specs(layout: str, eval_folder: str = EVAL_FOLDER_NAMES[0]) -> list[SplitSpec]:
@@ -147,16 +144,12 @@ def pattern_root(data_root: str, split_pattern: str) -> str:
 def resolve_split_roots(
     data_root: str,
     span: int = 0,
-    listdir: Lister = os.listdir,
-    isdir: Callable[[str], bool] = os.path.isdir,
 ) -> tuple[str, int, list[tuple[SplitSpec, str]]]:
     """The layout, the span and the class root of each split, as a run would resolve them.
 
     Args:
         data_root: The image folder.
         span: For span layouts, the span to read; 0 means the latest (TFX's default).
-        listdir: Lists a folder.
-        isdir: Tells a folder.
 
     Returns:
         (layout; span number, 0 without spans; [(split with the span filled in,
@@ -166,10 +159,10 @@ def resolve_split_roots(
         IngestionError: The folder is missing, the span does not exist, or a
             span is asked of a folder without span-<N> folders.
     """
-    if not isdir(data_root):
+    if not file_systems.isdir(data_root):
         raise IngestionError(f"data folder {data_root!r} does not exist or is not a folder")
-    layout, eval_folder = detect_layout(data_root, listdir)
-    spans = list_spans(data_root, listdir)
+    layout, eval_folder = detect_layout(data_root)
+    spans = list_spans(data_root)
     if span and not spans:
         raise IngestionError(f"span {span} asked, but {data_root!r} has no span-<N> folders")
     if spans:
@@ -186,7 +179,8 @@ def resolve_split_roots(
 
 def relative_prefix(data_root: str, split_pattern: str) -> str:
     """The split's class root relative to the data root ('' for the root itself)."""
-    prefix = os.path.relpath(pattern_root(data_root, split_pattern), data_root)
+    pattern_root(data_root, split_pattern)  # Checks the pattern.
+    prefix = posixpath.normpath(posixpath.dirname(split_pattern))
     return "" if prefix == "." else prefix
 
 
@@ -214,10 +208,7 @@ def find_files(
         )
 
 
-def class_folders(
-    data_root: str, split_pattern: str, listdir: Lister = os.listdir,
-    isdir: Callable[[str], bool] = os.path.isdir,
-) -> list[str]:
+def class_folders(data_root: str, split_pattern: str) -> list[str]:
     """Relative paths (ending in '/') of the class folders under a split's root.
 
     Hidden and system folders are not class folders.
@@ -225,8 +216,10 @@ def class_folders(
     root = pattern_root(data_root, split_pattern)
     prefix = relative_prefix(data_root, split_pattern)
     folders = []
-    for name in sorted(_names(root, listdir)):
-        if isdir(os.path.join(root, name)) and image_files.ignore_reason(f"{name}/x.jpg") is None:
+    for name in sorted(_names(root)):
+        if image_files.ignore_reason(f"{name}/x.jpg") is not None:
+            continue
+        if file_systems.isdir(os.path.join(root, name)):
             folders.append(f"{prefix}/{name}/" if prefix else f"{name}/")
     return folders
 

@@ -39,7 +39,7 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import proto_utils
 
-from components import image_files, image_folder, image_folder_beam
+from components import file_systems, image_files, image_folder, image_folder_beam
 from components.image_folder import (  # noqa: F401 (re-exported: this module's API)
     ALL_SPLIT,
     EVAL_SPLIT,
@@ -67,21 +67,17 @@ _MANIFEST_DIR_KEY = "_manifest_dir"
 _TFRECORD_FILE_NAME = "data_tfrecord"  # TFX's own name (write_split.DEFAULT_FILE_NAME).
 
 
-def _gfile_listdir(path: str) -> list[str]:
-    return tf.io.gfile.listdir(path)
-
-
 # --------------------------------------------------------------------------- layout
 
 
 def list_spans(data_root: str) -> list[int]:
     """Span numbers of the `span-<N>` folders under `data_root` (local or object store)."""
-    return image_folder.list_spans(data_root, _gfile_listdir)
+    return image_folder.list_spans(data_root)
 
 
 def detect_layout(data_root: str) -> str:
     """Lists `data_root` (and its latest span folder) to name its layout, one of LAYOUTS."""
-    return image_folder.detect_layout(data_root, _gfile_listdir)[0]
+    return image_folder.detect_layout(data_root)[0]
 
 
 def make_input_config(data_root: str, layout: str | None = None) -> example_gen_pb2.Input:
@@ -94,7 +90,7 @@ def make_input_config(data_root: str, layout: str | None = None) -> example_gen_
         ValueError: `layout` is not one of LAYOUTS.
     """
     if layout is None:
-        layout, eval_folder = image_folder.detect_layout(data_root, _gfile_listdir)
+        layout, eval_folder = image_folder.detect_layout(data_root)
     else:
         eval_folder = image_folder.EVAL_FOLDER_NAMES[0]
     return example_gen_pb2.Input(
@@ -289,9 +285,7 @@ class Executor(BaseExampleGenExecutor):
         folders = [
             folder
             for split in input_config.splits
-            for folder in image_folder.class_folders(
-                input_base, split.pattern, _gfile_listdir, tf.io.gfile.isdir
-            )
+            for folder in image_folder.class_folders(input_base, split.pattern)
         ]
         summary = summarize_manifest(read_manifest(examples.uri), folders)
         summary["span"] = examples.span
@@ -331,14 +325,19 @@ class Driver(example_gen_driver.FileBasedDriver):
 
 
 def tree_fingerprint(input_base: str, split_patterns: Iterable[str]) -> str:
-    """A digest of every file's path, size and modification time under the splits."""
+    """A digest of every file's path, size and modification time under the splits.
+
+    Local files are stat'ed with `os`, object-store files with `tf.io.gfile`
+    (see components/file_systems.py).
+    """
+    fs = file_systems.for_path(input_base)
     digest = hashlib.sha256()
     for pattern in split_patterns:
         for found in find_files(input_base, pattern):
             try:
-                stat = tf.io.gfile.stat(found.path)
-                state = f"{stat.length}\0{stat.mtime_nsec}"
-            except tf.errors.OpError:  # A broken link: ingestion reports it, not the driver.
+                size, mtime_ns = fs.state(found.path)
+                state = f"{size}\0{mtime_ns}"
+            except OSError:  # A broken link: ingestion reports it, not the driver.
                 state = "unreadable"
             digest.update(f"{found.relative_path}\0{state}\n".encode())
     return f"sha256:{digest.hexdigest()}"
@@ -417,11 +416,9 @@ class ImageFolderExampleGen(FileBasedExampleGen):
 
 def count_classes(data_root: str, span: int = 0) -> int:
     """Class folders of the training split (the span's, for span layouts), found by listing."""
-    _, _, roots = image_folder.resolve_split_roots(
-        data_root, span, _gfile_listdir, tf.io.gfile.isdir
-    )
+    _, _, roots = image_folder.resolve_split_roots(data_root, span)
     split, _ = roots[0]
-    return len(image_folder.class_folders(data_root, split.pattern, _gfile_listdir, tf.io.gfile.isdir))
+    return len(image_folder.class_folders(data_root, split.pattern))
 
 
 def precheck_data_root(data_root: str, span: int = 0) -> None:
@@ -431,9 +428,7 @@ def precheck_data_root(data_root: str, span: int = 0) -> None:
         IngestionError: The folder (or span) is missing, or fewer than two
             class folders of a split hold files with image extensions.
     """
-    _, _, roots = image_folder.resolve_split_roots(
-        data_root, span, _gfile_listdir, tf.io.gfile.isdir
-    )
+    _, _, roots = image_folder.resolve_split_roots(data_root, span)
     for _, root in roots:
         labels_with_images = set()
         for found in image_files.walk_image_folder(root):

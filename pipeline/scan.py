@@ -2,11 +2,12 @@
 
 Applies exactly what ImageFolderExampleGen applies (`components/image_folder.py`
 for the layout, spans and splits, `components/image_files.py` for each file),
-without TensorFlow or Beam, on a pool of worker processes: every file is
+without Beam, on a pool of worker processes: every file is
 hashed, each distinct content decoded once. It reports per-class counts, what
 would be skipped and why, duplicates, label conflicts, leakage between given
 splits, and the image-size distribution; the exit status says whether the
-folder can train (0) or not (2), so it can gate every data drop.
+folder can train (0) or not (2), so it can gate every data drop. DIR may be an
+object-store URI (gs://, s3://): files are then read through `tf.io.gfile`.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class ScanSettings:
         eval_percent: Eval share by content hash, for folders not pre-split.
         test_percent: Test share by content hash, for folders not pre-split.
         min_images_per_class: A class with fewer usable images cannot train.
-        workers: Worker processes; 1 scans in this process.
+        workers: Worker processes; 1 scans in this process (needed for TF's
+            in-process ram:// file system, which other processes cannot see).
     """
 
     span: int = 0

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, JpegImagePlugin
 
-from components import image_files
+from components import file_systems, image_files
 from components.image_files import (
     FileStatus,
     FoundFile,
@@ -622,7 +622,7 @@ def test_unreadable_file_is_skipped(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(image_files, "open", denied, raising=False)
+    monkeypatch.setattr(file_systems, "open", denied, raising=False)  # Root ignores chmod.
     result = ingest_file(FoundFile(str(path), "cats/locked.jpg", "cats"))
     assert result.status is FileStatus.SKIPPED
     assert result.reason == "skipped: unreadable file (PermissionError: Permission denied)"
