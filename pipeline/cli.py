@@ -76,6 +76,11 @@ def _add_run_parser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--image-size", type=int, help="default: the backbone's")
     run.add_argument("--batch-size", type=int)
     run.add_argument("--learning-rate", type=float)
+    run.add_argument("--max-image-pixels", type=int, metavar="N",
+                     help="pixel budget of one served image: the model refuses an image "
+                          "declaring more (default 40000000)")
+    run.add_argument("--tflite", action="store_true", default=None,
+                     help="also export a TFLite model beside the SavedModel, checked to agree")
     run.add_argument("--min-accuracy", type=float, help="absolute blessing bound")
     run.add_argument("--max-accuracy-drop", type=float,
                      help="largest accepted accuracy drop against the last blessed model")
@@ -134,7 +139,8 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         sections = _read_config_file(args.config) if args.config else {}
-        training = _config_from_flags(TrainingConfig, args, sections.get("training")).validate()
+        training_values = _with_export_flags(args, sections.get("training"))
+        training = _config_from_flags(TrainingConfig, args, training_values).validate()
         ingest = _config_from_flags(IngestConfig, args, sections.get("ingest")).validate()
         gate = _config_from_flags(GateConfig, args, sections.get("gate")).validate()
         precheck_data_root(args.data, span=ingest.span)
@@ -198,6 +204,24 @@ def _config_from_flags(config_class: type, args: argparse.Namespace, file_values
         if getattr(args, field.name, None) is not None
     }
     return build_config(config_class, {**(file_values or {}), **given})
+
+
+_EXPORT_FLAGS = ("max_image_pixels", "tflite")
+"""Flags that set `training.export` settings of the same name."""
+
+
+def _with_export_flags(args: argparse.Namespace, training_values: dict | None) -> dict | None:
+    """The config file's training settings with the export flags given on top."""
+    given = {
+        name: getattr(args, name)
+        for name in _EXPORT_FLAGS
+        if getattr(args, name, None) is not None
+    }
+    if not given:
+        return training_values
+    values = dict(training_values or {})
+    values["export"] = {**(values.get("export") or {}), **given}
+    return values
 
 
 def _one_line(error: BaseException) -> str:

@@ -79,7 +79,9 @@ def tiny_classifier(num_classes: int = 3, seed: int = 0) -> tf.keras.Model:
     return tf.keras.Model(image, scores, name="classifier")
 
 
-def export_tiny_model(export_dir: pathlib.Path, tf_transform_output, **kwargs) -> str:
+def export_tiny_model(export_dir: pathlib.Path, tf_transform_output, *args, **kwargs) -> str:
     """Exports `tiny_classifier()` with `export.export_serving_model`; returns the dir."""
-    export.export_serving_model(tiny_classifier(), tf_transform_output, str(export_dir), **kwargs)
+    export.export_serving_model(
+        tiny_classifier(), tf_transform_output, str(export_dir), *args, **kwargs
+    )
     return str(export_dir)

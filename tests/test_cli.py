@@ -21,6 +21,8 @@ def _run(tmp_path, data, *flags):
         (lambda root: write_class_folder(root, 1), ("--epochs", "0"), "epochs must be"),
         (lambda root: write_class_folder(root, 1), ("--weights", "/nope.h5"), "weights='/nope.h5'"),
         (lambda root: write_class_folder(root, 1), ("--eval-percent", "100"), "eval_percent"),
+        (lambda root: write_class_folder(root, 1), ("--max-image-pixels", "0"),
+         "export.max_image_pixels must be at least 1"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, setup, flags, message):

@@ -7,6 +7,7 @@ import pytest
 from pipeline.config import GateConfig, IngestConfig
 from trainer.config import (
     AugmentationConfig,
+    ExportConfig,
     FineTuningConfig,
     HeadConfig,
     TrainingConfig,
@@ -57,6 +58,15 @@ def test_input_size_defaults_to_the_backbone():
         (TrainingConfig(fine_tuning=FineTuningConfig(learning_rate=0.0)),
          "fine_tuning.learning_rate"),
         (TrainingConfig(epochs="3"), "epochs: expected a whole number, got '3'"),
+        (TrainingConfig(export=ExportConfig(max_image_pixels=0)),
+         "export.max_image_pixels must be at least 1, got 0"),
+        (TrainingConfig(export=ExportConfig(tflite_tolerance=0.0)),
+         "export.tflite_tolerance must be in (0, 1)"),
+        (TrainingConfig(export=ExportConfig(tflite_tolerance=1.0)),
+         "export.tflite_tolerance must be in (0, 1)"),
+        (ExportConfig(max_image_pixels=-5), "export.max_image_pixels"),
+        (ExportConfig(max_image_pixels=1.5e7), "max_image_pixels: expected a whole number"),
+        (ExportConfig(tflite="yes"), "tflite: expected true or false, got 'yes'"),
         (IngestConfig(eval_percent=0), "eval_percent"),
         (IngestConfig(min_images_per_class=0), "min_images_per_class"),
         (IngestConfig(max_side=8), "max_side"),
@@ -67,6 +77,16 @@ def test_input_size_defaults_to_the_backbone():
 def test_impossible_settings_are_named(config, named):
     with pytest.raises(ValueError, match=named.replace("(", r"\(").replace(")", r"\)")):
         config.validate()
+
+
+def test_export_defaults_keep_todays_pixel_budget_and_no_tflite():
+    settings = TrainingConfig().export.validate()
+    assert settings == ExportConfig(max_image_pixels=40_000_000, tflite=False,
+                                    tflite_tolerance=1e-3)
+    config = TrainingConfig.from_dict({"weights": "none", "export": {"tflite": True,
+                                                                     "max_image_pixels": 1000}})
+    assert config.export == ExportConfig(max_image_pixels=1000, tflite=True)
+    assert TrainingConfig.from_dict(config.to_dict()) == config
 
 
 def test_unknown_backbone_error_lists_the_choices():

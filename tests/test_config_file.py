@@ -51,6 +51,13 @@ def test_sections_are_read_and_checked(tmp_path):
         ("training:\n  head: {dense_units: [a]}\n", r"training.head.dense_units\[0\]: expected"),
         ("training:\n  epochs: [3\n", "is not valid YAML"),
         ("gate:\n  min_accuracy: high\n", "gate.min_accuracy: expected a number"),
+        ("training:\n  export:\n    max_image_pixels: lots\n",
+         "training.export.max_image_pixels: expected a whole number, got 'lots'"),
+        ("training:\n  export: {tflite: sometimes}\n",
+         "training.export.tflite: expected true or false, got 'sometimes'"),
+        ("training:\n  export: {tflite_tolerence: 0.01}\n",
+         r"training.export.tflite_tolerence: unknown setting; export settings are \["),
+        ("training:\n  export: true\n", "training.export: expected a mapping of settings"),
     ],
 )
 def test_bad_files_name_the_file_and_the_setting(tmp_path, text, message):
@@ -99,6 +106,20 @@ def test_cli_flags_override_the_file(tmp_path):
     sections = cli._read_config_file(path)
     config = cli._config_from_flags(TrainingConfig, parser_args, sections["training"])
     assert (config.backbone, config.epochs, config.batch_size) == ("vgg16", 2, 4)
+
+
+def test_cli_export_flags_override_the_file(tmp_path):
+    path = _write(tmp_path, "training:\n"
+                            "  export: {max_image_pixels: 500, tflite_tolerance: 0.01}\n")
+    sections = cli._read_config_file(path)
+    args = argparse.Namespace(max_image_pixels=None, tflite=True)
+    values = cli._with_export_flags(args, sections["training"])
+    config = cli._config_from_flags(TrainingConfig, args, values).validate()
+    assert (config.export.max_image_pixels, config.export.tflite) == (500, True)
+    assert config.export.tflite_tolerance == 0.01
+    args = argparse.Namespace(max_image_pixels=9, tflite=None)
+    config = cli._config_from_flags(TrainingConfig, args, cli._with_export_flags(args, None))
+    assert (config.export.max_image_pixels, config.export.tflite) == (9, False)
 
 
 def test_cli_bad_config_file_is_one_line_and_exit_2(tmp_path, capsys):

@@ -13,6 +13,7 @@ from PIL import Image
 from tests import serving_testing
 from tests.serving_testing import colour_image, labelled_example
 from trainer import export, features
+from trainer.config import ExportConfig
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,9 @@ def transform_output(tmp_path_factory):
 def exported(transform_output, tmp_path_factory):
     tf_transform_output, _ = transform_output
     export_dir = tmp_path_factory.mktemp("model") / "Format-Serving"
-    serving_testing.export_tiny_model(export_dir, tf_transform_output, max_image_pixels=10_000)
+    serving_testing.export_tiny_model(
+        export_dir, tf_transform_output, ExportConfig(max_image_pixels=10_000)
+    )
     return tf.saved_model.load(str(export_dir))
 
 
@@ -138,7 +141,8 @@ def test_tflite_model_agrees_with_the_saved_model(transform_output, tmp_path):
     export_dir = tmp_path / "model"
     test_images = [colour_image(label, 100 + n) for n, label in enumerate(serving_testing.LABELS)]
     serving_testing.export_tiny_model(
-        export_dir, tf_transform_output, tflite=True, tflite_check_images=test_images
+        export_dir, tf_transform_output, ExportConfig(tflite=True),
+        tflite_check_images=test_images,
     )
 
     tflite_path = export_dir / export.ASSETS_EXTRA / export.TFLITE_FILE
@@ -148,8 +152,38 @@ def test_tflite_model_agrees_with_the_saved_model(transform_output, tmp_path):
     assert info["input_shape"] == [1, 32, 32, 3]
     other_images = [colour_image("green", 500 + n, "JPEG") for n in range(3)]
     difference = export.tflite_max_difference(str(export_dir), tf_transform_output, other_images)
-    assert difference <= export.TFLITE_TOLERANCE
+    assert difference <= export.DEFAULT_TFLITE_TOLERANCE
     assert os.path.exists(export_dir / "saved_model.pb")
+
+
+def test_a_disagreeing_tflite_model_fails_the_export_by_name(transform_output, tmp_path):
+    tf_transform_output, _ = transform_output
+    export_dir = serving_testing.export_tiny_model(tmp_path / "model", tf_transform_output)
+    other_weights = serving_testing.tiny_classifier(seed=1)  # not the model that was saved
+
+    with pytest.raises(export.ExportError, match=r"disagrees with the SavedModel.*"
+                       r"training\.export\.tflite_tolerance=0\.001"):
+        export.export_tflite(other_weights, tf_transform_output, export_dir)
+    assert not os.path.exists(os.path.join(export_dir, export.ASSETS_EXTRA, export.TFLITE_FILE))
+
+
+def test_impossible_export_settings_are_refused_before_saving(transform_output, tmp_path):
+    tf_transform_output, _ = transform_output
+    with pytest.raises(ValueError, match="export.max_image_pixels must be at least 1, got 0"):
+        serving_testing.export_tiny_model(
+            tmp_path / "model", tf_transform_output, ExportConfig(max_image_pixels=0)
+        )
+    assert not (tmp_path / "model").exists()
+
+
+def test_training_record_is_kept_beside_the_model(transform_output, tmp_path):
+    tf_transform_output, _ = transform_output
+    record = {"config": {"backbone": "mobilenet_v2"}, "history": {"unfrozen_layers": ["a"]}}
+    export_dir = serving_testing.export_tiny_model(
+        tmp_path / "model", tf_transform_output, training_record=record
+    )
+    assert export.read_training_record(export_dir) == record
+    assert export.read_training_record(str(tmp_path)) == {}
 
 
 def test_an_empty_batch_is_refused_by_name(exported):

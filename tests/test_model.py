@@ -11,10 +11,11 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_transform as tft
 
 from tests import trainer_testing
 from trainer import export, model
-from trainer.config import FineTuningConfig, HeadConfig, TrainingConfig
+from trainer.config import ExportConfig, FineTuningConfig, HeadConfig, TrainingConfig
 
 # Full-batch SGD without dropout: the fast and the plain path then take the
 # same steps, so they must end with the same model, up to float rounding (which
@@ -157,3 +158,47 @@ def test_head_shapes():
     vector = model.build_head((12,), 3, TrainingConfig())
     assert isinstance(vector.get_layer("pool"), tf.keras.layers.Identity)
     assert vector.output_shape == (None, 3)
+
+
+@pytest.fixture(scope="module")
+def export_settings_run(tmp_path_factory):
+    """The Trainer with a small pixel budget and a TFLite model asked for."""
+    config = dataclasses.replace(
+        EXACT, epochs=1, fine_tuning=FineTuningConfig(),
+        export=ExportConfig(max_image_pixels=2_000, tflite=True),
+    )
+    fn_args = trainer_testing.fn_args_for(config, tmp_path_factory.mktemp("export"))
+    return fn_args, config, model.train_and_export(fn_args)
+
+
+def test_the_pixel_budget_setting_reaches_the_serving_signature(export_settings_run):
+    fn_args, _, _ = export_settings_run
+    small = trainer_testing.colour_rows({"red": 1}, size=40)[0][0]  # 1600 pixels
+    large = trainer_testing.colour_rows({"red": 1}, size=64)[0][0]  # 4096 pixels
+    assert trainer_testing.serve(fn_args.serving_model_dir, [small])[
+        export.LABEL_OUTPUT].shape == (1,)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"image_bytes\[1\]: image too large: 4096 pixels declared, over "
+                             r"the pixel budget of 2000"):
+        trainer_testing.serve(fn_args.serving_model_dir, [small, large])
+
+
+def test_tflite_setting_writes_a_tflite_model_that_agrees(export_settings_run):
+    fn_args, _, _ = export_settings_run
+    tflite_path = os.path.join(
+        fn_args.serving_model_dir, export.ASSETS_EXTRA, export.TFLITE_FILE)
+    assert os.path.getsize(tflite_path) > 0
+    _, _, eval_rows = trainer_testing.colour_examples()
+    data = trainer_testing.transform_output_for(
+        EXACT.backbone, EXACT.input_size, trainer_testing.colour_examples()[1])
+    difference = export.tflite_max_difference(
+        fn_args.serving_model_dir, tft.TFTransformOutput(data),
+        [image for image, _ in eval_rows])
+    assert difference <= export.DEFAULT_TFLITE_TOLERANCE
+
+
+def test_the_exported_model_records_its_training_settings(export_settings_run):
+    fn_args, config, history = export_settings_run
+    record = export.read_training_record(fn_args.serving_model_dir)
+    assert TrainingConfig.from_dict(record["config"]) == config
+    assert record["history"]["path"] == history["path"] == {model.HEAD_PHASE: model.PATH_CACHED}

@@ -27,6 +27,10 @@ CLASS_WEIGHTS_NONE = "none"
 CLASS_WEIGHTS_AUTO = "auto"
 MIXED_PRECISION_MODES = ("auto", "on", "off")
 UNFREEZE_ALL = "all"
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+"""Largest width x height a served image may declare (a 48 MP photo is 48e6)."""
+DEFAULT_TFLITE_TOLERANCE = 1e-3
+"""Largest accepted difference between TFLite and SavedModel class scores."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +154,38 @@ class FineTuningConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """How the trained model is exported for serving (see `trainer.export`).
+
+    Attributes:
+        max_image_pixels: Pixel budget of one served image: an image whose
+            header declares more width x height pixels is refused, with an
+            error naming it, before any pixel is decoded.
+        tflite: Also write a TFLite model of the classifier beside the
+            SavedModel (``assets.extra/classifier.tflite``); the Trainer fails
+            if its scores disagree with the SavedModel's on test images.
+        tflite_tolerance: Largest accepted absolute difference between TFLite
+            and SavedModel class scores.
+    """
+
+    SECTION_LABEL = "export"
+
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    tflite: bool = False
+    tflite_tolerance: float = DEFAULT_TFLITE_TOLERANCE
+
+    def validate(self) -> ExportConfig:
+        """Raises ValueError naming an impossible export setting; returns self."""
+        _check_types(self)
+        _require(self.max_image_pixels >= 1,
+                 f"export.max_image_pixels must be at least 1, got {self.max_image_pixels}")
+        _require(0 < self.tflite_tolerance < 1,
+                 f"export.tflite_tolerance must be in (0, 1) (scores are in [0, 1]), "
+                 f"got {self.tflite_tolerance}")
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainingConfig:
     """How the classifier is built and trained.
 
@@ -179,6 +215,7 @@ class TrainingConfig:
         mixed_precision: "auto" (float16 compute on GPUs, float32 otherwise),
             "on" or "off". The exported model always computes in float32.
         seed: Seed for initialisation, shuffling, dropout and augmentation.
+        export: How the model is exported: pixel budget, optional TFLite.
     """
 
     SECTION_LABEL = "training"
@@ -199,10 +236,11 @@ class TrainingConfig:
     cache_features: bool = True
     mixed_precision: str = "auto"
     seed: int = 0
+    export: ExportConfig = ExportConfig()
 
     def __post_init__(self) -> None:
         # Nested sections may come as mappings (from YAML or JSON custom_config).
-        for name in ("head", "augmentation", "fine_tuning"):
+        for name in _FIELD_TYPES:
             value = getattr(self, name)
             if isinstance(value, Mapping):
                 object.__setattr__(self, name, convert_value(
@@ -244,6 +282,7 @@ class TrainingConfig:
         _require(self.mixed_precision in MIXED_PRECISION_MODES,
                  f"mixed_precision must be one of {MIXED_PRECISION_MODES}, "
                  f"got {self.mixed_precision!r}")
+        self.export.validate()
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -272,6 +311,7 @@ class TrainingConfig:
 
 _FIELD_TYPES = {
     "head": HeadConfig, "augmentation": AugmentationConfig, "fine_tuning": FineTuningConfig,
+    "export": ExportConfig,
 }
 
 

@@ -19,17 +19,22 @@ Only the classifier's variables are saved with the signatures, not the Keras
 model object and its per-layer functions: the SavedModel is a third of the size
 and loads several times faster (in the Evaluator, in TF Serving, in `predict`).
 
-`assets.extra/classes.txt` lists the class names in the order of `scores`.
-Optionally, `classifier.tflite` is written beside the graph (in `assets.extra/`)
-and checked to agree with the SavedModel; see `export_tflite`.
+`assets.extra/classes.txt` lists the class names in the order of `scores`;
+`assets.extra/training.json`, when the Trainer gives it, records the training
+settings and history (the Pusher's model card reads it). With
+`ExportConfig.tflite`, `classifier.tflite` is written beside the graph (in
+`assets.extra/`, which TF Serving ignores) and checked to agree with the
+SavedModel; see `export_tflite`.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -37,6 +42,7 @@ import tensorflow_transform as tft
 from absl import logging
 
 from trainer import features
+from trainer.config import DEFAULT_TFLITE_TOLERANCE, ExportConfig
 
 SERVING_DEFAULT = "serving_default"
 SERVING_EXAMPLES = "serving_examples"
@@ -48,16 +54,13 @@ CLASSES_OUTPUT = "classes"
 LABEL_OUTPUT = "label"
 SCORE_OUTPUT = "score"
 
-DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
-"""Largest width x height an input image may declare (a 48 MP photo is 48e6)."""
-
 ASSETS_EXTRA = "assets.extra"
 CLASSES_FILE = "classes.txt"
 """In `assets.extra/`: the class names, one a line, in the order of `scores`."""
 TFLITE_FILE = "classifier.tflite"
 TFLITE_INFO_FILE = "classifier.tflite.json"
-TFLITE_TOLERANCE = 1e-3
-"""Largest accepted difference between TFLite and SavedModel class scores."""
+TRAINING_FILE = "training.json"
+"""In `assets.extra/`: the training settings and history the model came from."""
 
 # Formats `transform.decode_images` decodes, by their first bytes.
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -285,10 +288,10 @@ def export_serving_model(
     classifier: tf.keras.Model,
     tf_transform_output: tft.TFTransformOutput,
     export_dir: str,
+    settings: ExportConfig = ExportConfig(),
     *,
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    tflite: bool = False,
     tflite_check_images: Sequence[bytes] = (),
+    training_record: Mapping[str, Any] | None = None,
 ) -> None:
     """Saves `classifier` behind the Transform graph with the three signatures.
 
@@ -296,33 +299,42 @@ def export_serving_model(
         classifier: Transformed image -> class scores.
         tf_transform_output: The Transform output the classifier was trained on.
         export_dir: The SavedModel directory to write.
-        max_image_pixels: Pixel budget of one input image (see module docstring).
-        tflite: Also write `assets.extra/classifier.tflite` (see `export_tflite`).
+        settings: The pixel budget of one input image (see module docstring)
+            and whether to write a TFLite model too (see `export_tflite`).
         tflite_check_images: Encoded images the TFLite model is checked on;
             generated ones when empty.
+        training_record: JSON-safe facts about training (e.g. ``config`` and
+            ``history``), written to `assets.extra/training.json`.
 
     Raises:
-        ValueError: `max_image_pixels` is not positive.
-        ExportError: The TFLite model disagrees with the SavedModel.
+        ValueError: A setting is impossible (it is named).
+        ExportError: The TFLite model cannot be made or disagrees with the SavedModel.
     """
-    if max_image_pixels < 1:
-        raise ValueError(f"max_image_pixels must be >= 1, got {max_image_pixels}")
+    settings.validate()
+    max_pixels = settings.max_image_pixels
     try:
-        _save(_ServingModule(classifier, tf_transform_output, max_image_pixels), export_dir)
+        _save(_ServingModule(classifier, tf_transform_output, max_pixels), export_dir)
     except (AssertionError, ValueError) as error:
         # A backbone holding resources other than variables (e.g. a TF-Hub
         # module with tables) needs the whole Keras object graph saved.
         logging.warning("Saving variables only failed (%s); saving the Keras model.", error)
         if tf.io.gfile.exists(export_dir):
             tf.io.gfile.rmtree(export_dir)
-        _save(
-            _ServingModule(classifier, tf_transform_output, max_image_pixels, True), export_dir
-        )
+        _save(_ServingModule(classifier, tf_transform_output, max_pixels, True), export_dir)
     tf.io.gfile.makedirs(os.path.join(export_dir, ASSETS_EXTRA))
     with tf.io.gfile.GFile(os.path.join(export_dir, ASSETS_EXTRA, CLASSES_FILE), "w") as f:
         f.write("".join(f"{name}\n" for name in class_names(tf_transform_output)))
-    if tflite:
-        export_tflite(classifier, tf_transform_output, export_dir, tflite_check_images)
+    if training_record is not None:
+        with tf.io.gfile.GFile(os.path.join(export_dir, ASSETS_EXTRA, TRAINING_FILE), "w") as f:
+            json.dump(training_record, f, indent=2)
+    if settings.tflite:
+        # Generated check images stay within the pixel budget the SavedModel enforces.
+        side = min(classifier.input_shape[1], math.isqrt(max_pixels))
+        export_tflite(
+            classifier, tf_transform_output, export_dir,
+            list(tflite_check_images) or _generated_images(side),
+            tolerance=settings.tflite_tolerance,
+        )
 
 
 def read_class_names(export_dir: str) -> list[str]:
@@ -336,6 +348,15 @@ def read_class_names(export_dir: str) -> list[str]:
         raise FileNotFoundError(f"{path} not found: not a model exported by Transferline")
     with tf.io.gfile.GFile(path) as f:
         return f.read().splitlines()
+
+
+def read_training_record(export_dir: str) -> dict[str, Any]:
+    """`assets.extra/training.json` of an exported model; {} when it has none."""
+    path = os.path.join(export_dir, ASSETS_EXTRA, TRAINING_FILE)
+    if not tf.io.gfile.exists(path):
+        return {}
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
 
 
 def _save(module: _ServingModule, export_dir: str) -> None:
@@ -358,6 +379,7 @@ def export_tflite(
     tf_transform_output: tft.TFTransformOutput,
     export_dir: str,
     check_images: Sequence[bytes] = (),
+    tolerance: float = DEFAULT_TFLITE_TOLERANCE,
 ) -> str:
     """Writes the classifier as TFLite beside the SavedModel and checks it agrees.
 
@@ -375,12 +397,14 @@ def export_tflite(
         export_dir: A SavedModel written by `export_serving_model`.
         check_images: Encoded images to compare the two models on; a few
             generated ones when empty.
+        tolerance: Largest accepted absolute difference of any class score.
 
     Returns:
         The path of the TFLite file.
 
     Raises:
-        ExportError: Scores differ by more than `TFLITE_TOLERANCE`.
+        ExportError: The converter fails, or scores differ by more than
+            `tolerance`; the TFLite files are then removed.
     """
     image_shape = classifier.input_shape[1:]
     run = tf.function(
@@ -392,7 +416,13 @@ def export_tflite(
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [run.get_concrete_function()], classifier
     )
-    model_bytes = converter.convert()
+    try:
+        model_bytes = converter.convert()
+    except Exception as error:  # noqa: BLE001 (the converter raises many types)
+        raise ExportError(
+            f"TFLite conversion of the classifier failed ({_one_line(error)}); "
+            "set training.export.tflite: false to export the SavedModel only"
+        ) from error
     directory = os.path.join(export_dir, ASSETS_EXTRA)
     tf.io.gfile.makedirs(directory)
     path = os.path.join(directory, TFLITE_FILE)
@@ -412,10 +442,14 @@ def export_tflite(
         )
     images = list(check_images) or _generated_images(image_shape[0])
     difference = tflite_max_difference(export_dir, tf_transform_output, images)
-    if difference > TFLITE_TOLERANCE:
+    if not difference <= tolerance:  # NaN disagrees too
+        for written in (path, os.path.join(directory, TFLITE_INFO_FILE)):
+            tf.io.gfile.remove(written)
         raise ExportError(
-            f"{path}: TFLite scores differ from the SavedModel's by {difference:.2e} "
-            f"(tolerance {TFLITE_TOLERANCE:.0e})"
+            f"{path}: the TFLite model disagrees with the SavedModel: class scores differ by "
+            f"up to {difference:.2e} on {len(images)} test images, more than "
+            f"training.export.tflite_tolerance={tolerance:g}; raise the tolerance or set "
+            "training.export.tflite: false"
         )
     logging.info("TFLite model %s agrees with the SavedModel (max diff %.2e).", path, difference)
     return path
@@ -447,6 +481,11 @@ def tflite_max_difference(
         got = interpreter.get_tensor(output_detail["index"])[0]
         difference = max(difference, float(np.max(np.abs(got - scores))))
     return difference
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[-1] if lines else ''}"
 
 
 def _generated_images(size: int, count: int = 4) -> list[bytes]:

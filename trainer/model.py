@@ -105,7 +105,10 @@ def train_and_export(
     classifier = parts.classifier
     if mixed or strategy.num_replicas_in_sync > 1:
         classifier = float32_copy(parts, config, len(data.class_names))
-    export.export_serving_model(classifier, data.tf_transform_output, fn_args.serving_model_dir)
+    export.export_serving_model(
+        classifier, data.tf_transform_output, fn_args.serving_model_dir, config.export,
+        training_record={"config": config.to_dict(), "history": run.history},
+    )
     _write_history(run.history, fn_args.model_run_dir)
     return run.history
 
