@@ -381,6 +381,50 @@ def test_plain_rgb_jpeg_is_kept_byte_for_byte(zoo):
         assert zoo[path].image_bytes == ZOO[path]
 
 
+@pytest.mark.parametrize("missing", [2, 40, 400])
+def test_pass_through_jpeg_missing_its_end_is_skipped(missing):
+    """The cheap 1/8-scale check still decodes every block: a cut anywhere is caught."""
+    jpeg = _encode(_noise(640, 480, seed=3), "JPEG", quality=90)
+    with pytest.raises(UnusableImage, match="truncated or corrupt image"):
+        normalize_image(jpeg[:-missing], IngestOptions())
+    encoded, image_format, width, height, note = normalize_image(jpeg, IngestOptions())
+    assert (encoded, image_format, width, height, note) == (jpeg, "jpeg", 640, 480, "")
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_pass_through_check_fails_exactly_when_a_full_decode_fails(progressive):
+    """Random damage (flipped bytes, cuts, gaps) is judged alike at 1/8 and full scale."""
+    import random
+
+    jpeg = _encode(_noise(160, 120, seed=4), "JPEG", quality=90, progressive=progressive)
+    shuffle = random.Random(progressive)
+    outcomes = set()
+    for n in range(60):
+        damaged = bytearray(jpeg)
+        if n % 3 == 0:
+            for _ in range(shuffle.randint(1, 20)):
+                damaged[shuffle.randrange(len(damaged))] = shuffle.randrange(256)
+        elif n % 3 == 1:
+            damaged = damaged[: shuffle.randrange(len(damaged))]
+        else:
+            start = shuffle.randrange(len(damaged))
+            damaged = damaged[:start] + damaged[start + shuffle.randint(1, 200):]
+        try:
+            with Image.open(io.BytesIO(bytes(damaged))) as image:
+                image.load()
+            full_decode = "ok"
+        except Exception:  # noqa: BLE001 (any failure counts)
+            full_decode = "fails"
+        try:
+            normalize_image(bytes(damaged), IngestOptions())
+            ours = "ok"
+        except UnusableImage:
+            ours = "fails"
+        assert ours == full_decode, n
+        outcomes.add(ours)
+    assert outcomes == {"ok", "fails"}
+
+
 def test_rgb_png_is_kept_even_with_a_jpg_name(zoo):
     for path in ("cats/plain.png", "dogs/png_named.jpg"):
         result = zoo[path]
