@@ -95,6 +95,7 @@ def train_and_export(
     check_classes(config, data.class_names)
     class_weight = class_weights(config, data.class_names, counts[TRAIN])
     strategy = strategy or strategies.make_strategy()
+    fn_args = strategies.for_this_worker(fn_args, strategy)
     mixed = strategies.use_mixed_precision(config.mixed_precision)
     with strategies.precision_policy(mixed), strategy.scope():
         parts = build_parts(config, len(data.class_names))
