@@ -81,6 +81,8 @@ def _add_run_parser(subparsers: argparse._SubParsersAction) -> None:
                           "declaring more (default 40000000)")
     run.add_argument("--tflite", action="store_true", default=None,
                      help="also export a TFLite model beside the SavedModel, checked to agree")
+    run.add_argument("--no-warm-start", dest="warm_start", action="store_const", const=False,
+                     help="train from scratch, not from the last blessed model's weights")
     run.add_argument("--min-accuracy", type=float, help="absolute blessing bound")
     run.add_argument("--max-accuracy-drop", type=float,
                      help="largest accepted accuracy drop against the last blessed model")

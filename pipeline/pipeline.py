@@ -24,6 +24,7 @@ from components.image_folder_example_gen import (
 )
 from components.serving_pusher import KEEP_VERSIONS_KEY, ServingPusher
 from pipeline.config import GateConfig, IngestConfig
+from pipeline.warm_start_resolver import BlessedBeforeDataStrategy
 from trainer import export, features
 from trainer.config import TrainingConfig
 
@@ -41,15 +42,19 @@ DATA_GATE = "DataGate"
 TRANSFORM = "Transform"
 TRAINER = "Trainer"
 BASELINE_RESOLVER = "LatestBlessedModelResolver"
+WARM_START_RESOLVER = "WarmStartModelResolver"
 EVALUATOR = "Evaluator"
 PUSHER = "Pusher"
 NODE_IDS = (
     EXAMPLE_GEN, STATISTICS_GEN, SCHEMA_GEN, EXAMPLE_VALIDATOR, DATA_GATE, TRANSFORM,
-    TRAINER, BASELINE_RESOLVER, EVALUATOR, PUSHER,
+    WARM_START_RESOLVER, TRAINER, BASELINE_RESOLVER, EVALUATOR, PUSHER,
 )
+RESOLVER_IDS = (WARM_START_RESOLVER, BASELINE_RESOLVER)
 
 
-def make_eval_config(gate: GateConfig, num_classes: int | None = None) -> tfma.EvalConfig:
+def make_eval_config(
+    gate: GateConfig, num_classes: int | None = None, baseline: bool = True
+) -> tfma.EvalConfig:
     """What the Evaluator measures, and the gate a candidate must pass to be blessed.
 
     The model's `serving_examples` signature runs once per eval example (images
@@ -64,7 +69,8 @@ def make_eval_config(gate: GateConfig, num_classes: int | None = None) -> tfma.E
 
     The gate: overall accuracy at least `min_accuracy`, and no drop of more than
     `max_accuracy_drop` against the last blessed model; with `min_class_recall`,
-    every class's recall at least that.
+    every class's recall at least that. Without a `baseline` model the
+    no-regression bound is left out (TFMA refuses a change threshold then).
 
     Top-k accuracy is measured only when `num_classes` is known to exceed k
     (TFMA fails on a model with k scores or fewer).
@@ -81,7 +87,7 @@ def make_eval_config(gate: GateConfig, num_classes: int | None = None) -> tfma.E
                 change_threshold=tfma.GenericChangeThreshold(
                     direction=tfma.MetricDirection.HIGHER_IS_BETTER,
                     absolute={"value": -gate.max_accuracy_drop - 1e-10},
-                ),
+                ) if baseline else None,
             ),
         )
     ]
@@ -166,6 +172,7 @@ def create_pipeline(
     platform_configs: Mapping[str, message.Message] | None = None,
     enable_cache: bool = True,
     layout: str | None = None,
+    baseline: bool = True,
 ) -> tfx.dsl.Pipeline:
     """Builds the pipeline: image folder in, a blessed model pushed for TF Serving.
 
@@ -186,6 +193,10 @@ def create_pipeline(
         layout: The data folder's layout, one of image_folder_example_gen.LAYOUTS
             (e.g. "classes", "presplit-test", "span-classes"); None lists
             `data_root` to find it, which an object store may not allow.
+        baseline: Evaluate against the last blessed model (a Resolver node) and
+            refuse a regression from it. False leaves the resolver out and keeps
+            only the absolute bounds: open-source Kubeflow Pipelines 2.x runs no
+            resolver tasks.
 
     Returns:
         The TFX pipeline.
@@ -276,7 +287,20 @@ def create_pipeline(
     ).with_id(TRANSFORM)
     components.append(transform)
 
-    # Train a new head on the frozen pretrained backbone.
+    # The last model blessed before this data arrived, to start training from
+    # (the same on every re-run of unchanged data, so the Trainer stays cached).
+    warm_start_model = None
+    if training.warm_start:
+        warm_start_resolver = tfx.dsl.Resolver(
+            strategy_class=BlessedBeforeDataStrategy,
+            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+            examples=training_examples,
+        ).with_id(WARM_START_RESOLVER)
+        components.append(warm_start_resolver)
+        warm_start_model = warm_start_resolver.outputs["model"]
+
+    # Train a new head on the frozen pretrained backbone (from the base model's if it fits).
     trainer = tfx.components.Trainer(
         run_fn=TRAINER_MODULE,
         examples=training_examples,
@@ -285,25 +309,30 @@ def create_pipeline(
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
         custom_config=training.to_dict(),
+        base_model=warm_start_model,
     ).with_id(TRAINER)
     components.append(trainer)
 
     # The last blessed model is the baseline the candidate must not regress from.
-    baseline_resolver = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id(BASELINE_RESOLVER)
-    components.append(baseline_resolver)
+    baseline_model = None
+    if baseline:
+        baseline_resolver = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        ).with_id(BASELINE_RESOLVER)
+        components.append(baseline_resolver)
+        baseline_model = baseline_resolver.outputs["model"]
 
     # Bless the candidate only if it clears the absolute and no-regression bounds.
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
-        baseline_model=baseline_resolver.outputs["model"],
+        baseline_model=baseline_model,
         schema=schema_gen.outputs["schema"],
         eval_config=make_eval_config(
-            gate, num_classes=None if layout else count_classes(data_root, ingest.span)
+            gate, num_classes=None if layout else count_classes(data_root, ingest.span),
+            baseline=baseline,
         ),
         example_splits=["eval"],
     ).with_id(EVALUATOR)

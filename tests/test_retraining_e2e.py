@@ -1,6 +1,7 @@
 """Retraining on spans, end to end with LocalDagRunner: push, cache, retrain, and the data gate."""
 
 import json
+import pathlib
 
 import pytest
 from ml_metadata import metadata_store
@@ -36,6 +37,14 @@ def _inputs(store, node_id, key):
             if e.type == metadata_store_pb2.Event.INPUT and e.path.steps[0].key == key]
 
 
+def _trainer_history(records):
+    """The latest Trainer run's history.json, and the Model artifact it wrote."""
+    trainer = records[pipeline_def.TRAINER]
+    (model_run,) = trainer.outputs["model_run"]
+    (model,) = trainer.outputs["model"]
+    return json.loads((pathlib.Path(model_run.uri) / "history.json").read_text()), model.uri
+
+
 def test_spans_push_once_retrain_against_the_baseline_and_gate_bad_data(tmp_path, capsys):
     data, workdir = tmp_path / "images", tmp_path / "work"
     write_class_folder(data / "span-1", per_class=12)
@@ -53,6 +62,10 @@ def test_spans_push_once_retrain_against_the_baseline_and_gate_bad_data(tmp_path
     assert first["span"] == 1 and first["blessed"] and first["pushed_this_run"]
     assert first["data_gate"] == {"compared_span": None, "label_drift": None}
     (version_1,) = _versions(workdir)
+    history, span_1_model = _trainer_history(
+        run_summary.read_latest_run(_store(workdir), local_runner.PIPELINE_NAME))
+    assert history["warm_start"] == {"from": None, "used": False,
+                                     "reason": "no model was blessed before this data"}
 
     # The same data again: served from cache, nothing new pushed.
     assert cli.main(argv) == 0
@@ -74,6 +87,9 @@ def test_spans_push_once_retrain_against_the_baseline_and_gate_bad_data(tmp_path
     assert second["data_gate"]["label_drift"] == pytest.approx(0.0, abs=0.2)
     assert len(_inputs(store, pipeline_def.TRAINER, "examples")) == 2  # spans 1 and 2
     assert len(_inputs(store, pipeline_def.EVALUATOR, "baseline_model")) == 1
+    # The Trainer started from the span-1 model's head (same backbone, head and classes).
+    history, _ = _trainer_history(records)
+    assert history["warm_start"] == {"from": span_1_model, "used": True, "backbone": False}
     assert second["pushed_this_run"] == second["blessed"]
     assert len(_versions(workdir)) == (2 if second["blessed"] else 1)
     versions = _versions(workdir)

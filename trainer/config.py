@@ -216,6 +216,10 @@ class TrainingConfig:
             "on" or "off". The exported model always computes in float32.
         seed: Seed for initialisation, shuffling, dropout and augmentation.
         export: How the model is exported: pixel budget, optional TFLite.
+        warm_start: Start from the head (and fine-tuned backbone) of the last
+            model blessed before this data arrived, when it has the same
+            backbone, cut, image size, head shape and classes (see
+            `trainer.warm_start`); false always trains from scratch.
     """
 
     SECTION_LABEL = "training"
@@ -237,6 +241,7 @@ class TrainingConfig:
     mixed_precision: str = "auto"
     seed: int = 0
     export: ExportConfig = ExportConfig()
+    warm_start: bool = True
 
     def __post_init__(self) -> None:
         # Nested sections may come as mappings (from YAML or JSON custom_config).

@@ -31,7 +31,7 @@ import tensorflow as tf
 from absl import logging
 from tfx import v1 as tfx
 
-from trainer import augmentation, backbones, export, features, fine_tuning, training
+from trainer import augmentation, backbones, export, features, fine_tuning, training, warm_start
 from trainer import strategy as strategies
 from trainer.config import CLASS_WEIGHTS_AUTO, CLASS_WEIGHTS_NONE, TrainingConfig
 from trainer.data import EVAL, TRAIN, TrainingData
@@ -100,6 +100,8 @@ def train_and_export(
     with strategies.precision_policy(mixed), strategy.scope():
         parts = build_parts(config, len(data.class_names))
         run = _PhaseRunner(parts, data, config, class_weight, fn_args.model_run_dir, counts)
+        run.history[warm_start.HISTORY_KEY] = warm_start.restore(
+            fn_args.base_model, parts, config, data.class_names)
         run.head_phase()
         if config.fine_tuning.enabled:
             run.fine_tuning_phase()
@@ -110,6 +112,7 @@ def train_and_export(
         classifier, data.tf_transform_output, fn_args.serving_model_dir, config.export,
         training_record={"config": config.to_dict(), "history": run.history},
     )
+    warm_start.save(fn_args.serving_model_dir, parts, config, data.class_names, run.history)
     _write_history(run.history, fn_args.model_run_dir)
     return run.history
 
