@@ -25,6 +25,7 @@ _KUBEFLOW_FLAGS = (
     "image", "pipeline_root", "data_root", "serving_dir", "model_name", "pipeline_name",
     "layout", "trainer_gpus", "trainer_gpu_type", "trainer_cpu", "trainer_memory_gb",
     "node_cpu", "node_memory_gb", "beam_pipeline_args", "enable_cache", "pvc_mounts",
+    "baseline",
 )
 _TRAINING_FLAGS = ("backbone", "weights", "epochs", "image_size", "batch_size", "learning_rate")
 _INGEST_FLAGS = (
@@ -118,6 +119,9 @@ def _add_compile_flags(parser: argparse.ArgumentParser) -> None:
         help="mount a PersistentVolumeClaim in every task pod, repeatable (needs .yaml)")
     add("--no-cache", dest="enable_cache", action="store_const", const=False,
         help="compile with KFP caching off (advised for schedules)")
+    add("--no-baseline", dest="baseline", action="store_const", const=False,
+        help="no resolver tasks (open-source Kubeflow Pipelines runs none): the Evaluator "
+             "applies the absolute bounds only, not the no-regression one")
     training = parser.add_argument_group(
         "training, ingest and gate settings (as for `transferline run`; more in --config)"
     )
@@ -242,8 +246,10 @@ def _config_with_flags(
     config_class: type, values: dict[str, Any], args: argparse.Namespace, flags: tuple[str, ...]
 ) -> Any:
     """`config_class` from the config file's values, with the given flags on top."""
+    from trainer.config_file import build_config
+
     given = {name: getattr(args, name) for name in flags if getattr(args, name, None) is not None}
-    return config_class(**{**values, **given}).validate()
+    return build_config(config_class, {**values, **given}).validate()
 
 
 # ------------------------------------------------------------------------ output

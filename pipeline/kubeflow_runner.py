@@ -63,7 +63,7 @@ class KubeflowError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class KubeflowConfig:
-    """Where and how the pipeline runs on a Kubeflow cluster.
+    """Where and how the pipeline runs on a Kubeflow cluster (config file section `kubeflow`).
 
     Paths are read by the pods, not by this machine: each is an object-store URI
     (gs://, s3://, hdfs://) or an absolute path the pods mount (see `pvc_mounts`).
@@ -90,9 +90,14 @@ class KubeflowConfig:
         beam_pipeline_args: Beam arguments for every Beam-based node (e.g.
             --runner=DataflowRunner --project=... --region=... --temp_location=gs://...).
         enable_cache: Let KFP reuse outputs of unchanged tasks.
+        baseline: Evaluate against the last blessed model, found by resolver
+            tasks (Vertex AI Pipelines runs them); false compiles no resolver and
+            keeps only the absolute gate bounds (open-source Kubeflow Pipelines).
         pvc_mounts: "CLAIM:/mount/path" entries: PersistentVolumeClaims mounted in
             every task pod (Kubeflow Pipelines only, .yaml packages only).
     """
+
+    SECTION_LABEL = "kubeflow"
 
     image: str = ""
     pipeline_root: str = ""
@@ -110,6 +115,7 @@ class KubeflowConfig:
     beam_pipeline_args: tuple[str, ...] = DEFAULT_BEAM_ARGS
     enable_cache: bool = True
     pvc_mounts: tuple[str, ...] = ()
+    baseline: bool = True
 
     def __post_init__(self) -> None:
         # Lists from YAML or argparse become tuples, so the config stays hashable.
@@ -218,52 +224,20 @@ def config_sections() -> dict[str, type]:
 
 
 def read_config_file(path: str) -> dict[str, dict[str, Any]]:
-    """Reads a YAML or JSON file of settings by section (see `config_sections`).
+    """Reads a YAML or JSON file of settings by section (see `config_sections`),
+    checking every value against its setting's type (`trainer.config_file`).
 
     Example:
         kubeflow: {image: registry.example.com/transferline:1, trainer_gpus: 1, ...}
         training: {epochs: 20}
 
     Raises:
-        ValueError: The file is unreadable, or names an unknown section or setting.
+        ValueError: The file is unreadable, or names an unknown section or setting,
+            or a value of the wrong type.
     """
-    try:
-        with open(path) as f:
-            document = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise ValueError(f"cannot read config file {path!r}: {error}") from error
-    classes = config_sections()
-    _require(isinstance(document, dict),
-             f"config file {path!r} must map sections {sorted(classes)} to settings")
-    unknown = sorted(set(document) - set(classes))
-    _require(not unknown,
-             f"config file {path!r}: unknown sections {unknown}; known: {sorted(classes)}")
-    sections = {}
-    for section, values in document.items():
-        values = values or {}
-        _require(isinstance(values, dict), f"config file {path!r}: {section} must be a mapping")
-        config_class = classes[section]
-        known = {field.name for field in dataclasses.fields(config_class)}
-        unknown = sorted(set(values) - known)
-        _require(not unknown, f"config file {path!r}: unknown {section} settings {unknown}; "
-                              f"known: {sorted(known)}")
-        sections[section] = {name: _coerce(config_class, name, value)
-                             for name, value in values.items()}
-    return sections
+    from trainer.config_file import read_config_file as read_sections
 
-
-def _coerce(config_class: type, name: str, value: Any) -> Any:
-    """YAML reads 1e-3 as a string and 4 as an int: numbers take the setting's type."""
-    default = next(f.default for f in dataclasses.fields(config_class) if f.name == name)
-    if isinstance(value, bool) or isinstance(default, bool):
-        return value
-    kind = {float: (float, "a number"), int: (int, "a whole number")}.get(type(default))
-    if kind and isinstance(value, (int, str)):
-        try:
-            return kind[0](value)
-        except ValueError:
-            raise ValueError(f"{name} must be {kind[1]}, got {value!r}") from None
-    return value
+    return read_sections(path, config_sections())
 
 
 # ---------------------------------------------------------------------- compile
@@ -308,11 +282,21 @@ def compile_pipeline(
     Returns:
         The PipelineJob as a dict (`pipelineSpec` inside).
 
+    Warm start is off in the compiled pipeline: it resolves its base model from
+    ML Metadata's lineage (`pipeline.warm_start_resolver`), and KFP v2 runs only
+    TFX's two canned resolver strategies. A rolling window of spans
+    (`ingest.span_window` > 1) is refused for the same reason.
+
     Raises:
         ValueError: A setting is impossible, the data folder cannot be listed for
             layout "auto", or TFX cannot compile the pipeline for Kubeflow V2.
     """
     config.validate()
+    ingest = ingest or IngestConfig()
+    _require(ingest.span_window == 1,
+             f"ingest.span_window {ingest.span_window} does not compile for Kubeflow: the "
+             "window of spans is resolved from ML Metadata by an input-resolution function, "
+             "which KubeflowV2DagRunner cannot compile; use span_window: 1 (the latest span)")
     _require(not config.pvc_mounts or _package_format(output) == "yaml",
              "pvc_mounts need a .yaml package: Kubeflow Pipelines reads them from its "
              "Kubernetes platform spec, which TFX's PipelineJob JSON cannot hold")
@@ -327,21 +311,22 @@ def compile_pipeline(
             f"data_root {config.data_root!r} is not a folder this machine can list; "
             "layout 'auto' needs it at compile time (or give the layout, e.g. 'classes')"
         )
-    # The Resolver has no container, so nothing to size.
-    container_nodes = [n for n in transferline.NODE_IDS if n != transferline.BASELINE_RESOLVER]
+    # Resolvers have no container, so nothing to size.
+    container_nodes = [n for n in transferline.NODE_IDS if n not in transferline.RESOLVER_IDS]
     resources = resource_specs(config, container_nodes, transferline.TRAINER)
     tfx_pipeline = transferline.create_pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         data_root=config.data_root,
         serving_model_dir=config.serving_model_dir,
-        training=training or TrainingConfig(),
-        ingest=ingest or IngestConfig(),
+        training=dataclasses.replace(training or TrainingConfig(), warm_start=False),
+        ingest=ingest,
         gate=gate or GateConfig(),
         beam_pipeline_args=config.beam_pipeline_args,
         platform_configs=resources,
         enable_cache=config.enable_cache,
         layout=None if config.layout == LAYOUT_AUTO else config.layout,
+        baseline=config.baseline,
     )
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(

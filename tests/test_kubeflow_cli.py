@@ -192,9 +192,22 @@ def test_compile_prints_size_and_tasks(tmp_path, data_root, capsys):
 
     out = capsys.readouterr().out
     assert f"({os.path.getsize(path) / 1024:.1f} KiB)" in out
-    assert f"tasks ({len(transferline.NODE_IDS) + 1}):" in out  # the Resolver makes two
+    # No warm-start resolver on Kubeflow; the baseline Resolver makes two tasks.
+    assert f"tasks ({len(transferline.NODE_IDS)}):" in out
     assert "Trainer" in out and "1 x nvidia.com/gpu" in out
     assert "ImageFolderExampleGen" in out and "resolver" in out
+
+
+def test_compile_without_baseline_has_no_resolver_task(tmp_path, data_root, capsys):
+    path = str(tmp_path / "out.yaml")
+    assert cli.main(["compile", "--output", path, "--no-baseline",
+                     *_compile_flags(data_root)]) == 0
+
+    out = capsys.readouterr().out
+    assert f"tasks ({len(transferline.NODE_IDS) - 2}):" in out
+    assert "resolver" not in out
+    tasks = kubeflow_runner.load_package(path).tasks()
+    assert transferline.EVALUATOR in tasks and not any("resolver" in e for e in tasks.values())
 
 
 def test_submit_uploads_a_new_pipeline_and_starts_a_run(package, capsys):

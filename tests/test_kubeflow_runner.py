@@ -13,8 +13,11 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from pipeline import kubeflow_runner
+from pipeline.config import IngestConfig
 from pipeline import pipeline as transferline
 from pipeline.kubeflow_runner import KubeflowConfig
+from trainer.config import TrainingConfig
+from trainer.config_file import build_config
 
 IMAGE = "registry.example.com/transferline:1.2.3"
 BEAM_ARGS = ("--runner=FlinkRunner", "--flink_master=flink-jobmanager:8081", "--parallelism=4")
@@ -40,11 +43,15 @@ def _executors(spec: dict) -> dict[str, dict]:
     return kubeflow_runner.CompiledPackage(spec=spec, pipeline_root=None).tasks()
 
 
+def _container_names() -> set[str]:
+    return set(transferline.NODE_IDS) - set(transferline.RESOLVER_IDS)
+
+
 def _expected_task_names() -> set[str]:
-    """NODE_IDS as KFP task names: the Resolver compiles to two resolver tasks."""
-    names = set(transferline.NODE_IDS) - {transferline.BASELINE_RESOLVER}
-    return names | {f"{transferline.BASELINE_RESOLVER}-model-resolver",
-                    f"{transferline.BASELINE_RESOLVER}-model-blessing-resolver"}
+    """NODE_IDS as KFP task names: no warm-start resolver (warm start is off on
+    Kubeflow); the baseline Resolver compiles to two resolver tasks."""
+    return _container_names() | {f"{transferline.BASELINE_RESOLVER}-model-resolver",
+                                 f"{transferline.BASELINE_RESOLVER}-model-blessing-resolver"}
 
 
 # ----------------------------------------------------------------------- compile
@@ -68,7 +75,7 @@ def test_every_container_runs_the_image_with_tfx_entrypoint(tmp_path, data_root)
         executors = _executors(json.load(f)["pipelineSpec"])
 
     containers = {name: e["container"] for name, e in executors.items() if "container" in e}
-    assert set(containers) == set(transferline.NODE_IDS) - {transferline.BASELINE_RESOLVER}
+    assert set(containers) == _container_names()
     for name, container in containers.items():
         assert container["image"] == IMAGE, name
         assert container["command"] == TFX_COMMAND, name
@@ -164,6 +171,61 @@ def test_object_store_data_root_compiles_without_listing(tmp_path):
     assert parameters["input_base"]["runtimeValue"]["constant"] == config.data_root
 
 
+def _eval_config(tasks: dict) -> dict:
+    parameters = tasks[transferline.EVALUATOR]["inputs"]["parameters"]
+    return json.loads(parameters["eval_config"]["runtimeValue"]["constant"])
+
+
+def test_without_baseline_no_resolver_and_no_change_threshold(tmp_path, data_root):
+    for name, overrides in (("default.json", {}), ("no_baseline.json", {"baseline": False})):
+        with open(_compile(tmp_path, data_root, name=name, **overrides)) as f:
+            document = json.load(f)
+        spec = json_format.ParseDict(document["pipelineSpec"], pipeline_spec_pb2.PipelineSpec())
+        tasks = document["pipelineSpec"]["root"]["dag"]["tasks"]
+        threshold = _eval_config(tasks)["metrics_specs"][0]["metrics"][0]["per_slice_thresholds"][0]
+        if overrides:
+            assert set(spec.root.dag.tasks) == _container_names()
+            assert "baseline_model" not in tasks[transferline.EVALUATOR]["inputs"]["artifacts"]
+            assert set(threshold["threshold"]) == {"value_threshold"}
+        else:
+            assert set(spec.root.dag.tasks) == _expected_task_names()
+            assert "baseline_model" in tasks[transferline.EVALUATOR]["inputs"]["artifacts"]
+            assert set(threshold["threshold"]) == {"value_threshold", "change_threshold"}
+
+
+def test_the_compiled_trainer_trains_from_scratch(tmp_path, data_root):
+    with open(_compile(tmp_path, data_root)) as f:
+        tasks = json.load(f)["pipelineSpec"]["root"]["dag"]["tasks"]
+    trainer = tasks[transferline.TRAINER]["inputs"]
+    assert "base_model" not in trainer["artifacts"]
+    custom_config = json.loads(trainer["parameters"]["custom_config"]["runtimeValue"]["constant"])
+    assert custom_config["warm_start"] is False
+
+
+def _span_folder(tmp_path) -> str:
+    for label in ("cat", "dog"):
+        (tmp_path / "spans" / "span-1" / label).mkdir(parents=True)
+        (tmp_path / "spans" / "span-1" / label / "1.png").write_bytes(b"not read")
+    return str(tmp_path / "spans")
+
+
+def test_a_span_window_is_refused_naming_the_setting(tmp_path):
+    with pytest.raises(ValueError, match=r"ingest.span_window 2 does not compile for Kubeflow"):
+        kubeflow_runner.compile_pipeline(
+            str(tmp_path / "p.json"), config=_config(_span_folder(tmp_path)),
+            ingest=IngestConfig(span_window=2))
+
+
+def test_spans_compile_but_the_data_gate_sees_this_run_s_statistics_only(tmp_path):
+    """KFP v2 has no cross-run channel: previous_statistics becomes this run's output,
+    so the comparison with the previous span happens only under LocalDagRunner."""
+    job = kubeflow_runner.compile_pipeline(
+        str(tmp_path / "p.json"), config=_config(_span_folder(tmp_path)))
+    gate = job["pipelineSpec"]["root"]["dag"]["tasks"][transferline.DATA_GATE]["inputs"]
+    assert gate["artifacts"]["previous_statistics"] == {"taskOutputArtifact": {
+        "outputArtifactKey": "statistics", "producerTask": transferline.STATISTICS_GEN}}
+
+
 # -------------------------------------------------------------------- validation
 
 
@@ -248,10 +310,11 @@ def test_config_file_sections_become_settings(tmp_path):
         "gate:\n  min_accuracy: 0.8\n"
     )
     sections = kubeflow_runner.read_config_file(str(path))
-    config = KubeflowConfig(**sections["kubeflow"])
+    config = build_config(KubeflowConfig, sections["kubeflow"])
     assert config.beam_pipeline_args == ("--runner=FlinkRunner",)
-    assert config.trainer_memory_gb == 24.0
-    assert sections["training"] == {"epochs": 3, "learning_rate": 1e-4}
+    assert config.trainer_memory_gb == 24.0 and isinstance(config.trainer_memory_gb, float)
+    training = build_config(TrainingConfig, sections["training"])
+    assert (training.epochs, training.learning_rate) == (3, 1e-4)  # YAML's '1e-4' string too
     assert sections["gate"] == {"min_accuracy": 0.8}
 
 
@@ -259,9 +322,10 @@ def test_config_file_sections_become_settings(tmp_path):
     ("text", "message"),
     [
         ("cluster:\n  image: x\n", "unknown sections"),
-        ("kubeflow:\n  gpus: 1\n", r"unknown kubeflow settings \['gpus'\]"),
-        ("kubeflow:\n  trainer_cpu: many\n", "trainer_cpu must be a number"),
-        ("training:\n  epochs: ten\n", "epochs must be a whole number"),
+        ("kubeflow:\n  gpus: 1\n", "kubeflow.gpus: unknown setting; kubeflow settings are"),
+        ("kubeflow:\n  trainer_cpu: many\n", "kubeflow.trainer_cpu: expected a number"),
+        ("kubeflow:\n  baseline: no-way\n", "kubeflow.baseline: expected true or false"),
+        ("training:\n  epochs: ten\n", "training.epochs: expected a whole number"),
         ("- a\n- b\n", "must map sections"),
     ],
 )
