@@ -20,35 +20,52 @@
   version is renamed out of TF Serving's sight before it is removed.
 * `<serving dir>/models.config` (TF Serving's `--model_config_file`, a
   ModelServerConfig text proto) lists every model under the serving directory.
+* Each version carries its model card, `model_card.md` (see
+  `pipeline.model_card`), written while the version is still out of TF
+  Serving's sight: the model, its classes and training settings (from the
+  model's `assets.extra/training.json`), and, given the Evaluator's
+  `evaluation` output, its eval metrics and the gate checks it passed. TF
+  Serving loads only the SavedModel files and ignores the card (and a TFLite
+  model in `assets.extra/`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 from google.protobuf import text_format
+from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 from tfx import types
+from tfx.components.evaluator import constants as evaluator_constants
 from tfx.components.pusher import executor as tfx_pusher_executor
-from tfx.dsl.components.base import executor_spec
+from tfx.dsl.components.base import base_component, executor_spec
 from tfx.proto import pusher_pb2
-from tfx.types import artifact_utils, standard_component_specs
+from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
+from tfx.types.component_spec import ChannelParameter
 from tfx.utils import io_utils, json_utils, proto_utils
 from tfx.v1.components import Pusher
 
+from pipeline import model_card
 from trainer import export
+from trainer.config import TrainingConfig
+from trainer.config_file import build_config
 
 SOURCE_FILE = os.path.join("assets.extra", "transferline_source.json")
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MODELS_CONFIG_FILE = "models.config"
+MODEL_CARD_FILE = model_card.VERSION_CARD_FILE
+EVALUATION_KEY = "evaluation"
 ALREADY_SERVING_PROPERTY = "already_serving_version"
 KEEP_VERSIONS_KEY = "keep_versions"
 DEFAULT_KEEP_VERSIONS = 5
@@ -134,11 +151,25 @@ def write_warmup_requests(version_dir: str, model_name: str) -> str:
     return path
 
 
-def push_model(model_path: str, base_directory: str, version: int, model_uri: str) -> str:
+def push_model(
+    model_path: str,
+    base_directory: str,
+    version: int,
+    model_uri: str,
+    card: model_card.ModelCardFacts | None = None,
+) -> str:
     """Copies a SavedModel to `<base_directory>/<version>`, complete or not at all.
 
     On a local filesystem, if another push took `version` meanwhile, the next
     free number is used.
+
+    Args:
+        model_path: The SavedModel to push.
+        base_directory: `<serving dir>/<model name>`.
+        version: The version to push as (see `next_version`).
+        model_uri: The Model artifact, recorded to recognise a re-push.
+        card: The version's model card; its version and serving path are set
+            to where the version lands. None writes no card.
 
     Returns:
         The version directory written.
@@ -156,6 +187,8 @@ def push_model(model_path: str, base_directory: str, version: int, model_uri: st
     with tf.io.gfile.GFile(source, "w") as f:
         json.dump({"model_uri": model_uri, "pushed_at": time.time()}, f)
     write_warmup_requests(target, model_name)
+    if not local:
+        _write_card(card, target, version, target)
     io_utils.copy_file(
         os.path.join(model_path, _SAVED_MODEL_PB), os.path.join(target, _SAVED_MODEL_PB)
     )
@@ -163,6 +196,7 @@ def push_model(model_path: str, base_directory: str, version: int, model_uri: st
         return target
     for _ in range(_RENAME_ATTEMPTS):
         final_path = os.path.join(base_directory, str(version))
+        _write_card(card, target, version, final_path)  # the number may have changed
         try:
             os.rename(target, final_path)
             return final_path
@@ -170,6 +204,103 @@ def push_model(model_path: str, base_directory: str, version: int, model_uri: st
             version = next_version(base_directory)
     tf.io.gfile.rmtree(target)
     raise RuntimeError(f"could not find a free version number under {base_directory}")
+
+
+def _write_card(
+    card: model_card.ModelCardFacts | None, directory: str, version: int, serving_path: str
+) -> None:
+    if card is not None:
+        card = dataclasses.replace(card, version=str(version), serving_path=serving_path)
+        model_card.write_model_card(card, directory, MODEL_CARD_FILE)
+
+
+def model_card_facts(
+    model_path: str,
+    base_directory: str,
+    model_uri: str,
+    evaluation_uri: str | None = None,
+    blessing: types.Artifact | None = None,
+    pipeline_run: str = "",
+) -> model_card.ModelCardFacts:
+    """The card of `model_path` about to be pushed under `base_directory`.
+
+    Args:
+        model_path: The SavedModel (an export of `trainer.export`).
+        base_directory: `<serving dir>/<model name>`.
+        model_uri: The Trainer's Model artifact.
+        evaluation_uri: The Evaluator's `evaluation` output: the metrics and
+            the gate checks; None leaves them "not recorded".
+        blessing: The Evaluator's blessing (for the decision and the baseline).
+        pipeline_run: The pipeline run pushing it.
+    """
+    try:
+        classes = export.read_class_names(model_path)
+    except FileNotFoundError:  # a SavedModel not exported by trainer.export
+        classes = []
+    record = export.read_training_record(model_path)
+    blessed = (
+        bool(blessing.get_int_custom_property(evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY))
+        if blessing else None
+    )
+    metrics: dict[str, Any] = {}
+    gate: dict[str, Any] = {} if blessed is None else {"blessed": blessed}
+    if evaluation_uri is not None:
+        # Imported here: pipeline.evaluation reads the pipeline definition, which
+        # imports this module.
+        from pipeline import evaluation
+
+        metrics = evaluation.read_metrics(evaluation_uri, classes)
+        gate = evaluation.read_gate(evaluation_uri, bool(blessed))
+    baseline = (
+        blessing.get_string_custom_property(
+            evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY
+        )
+        if blessing else ""
+    )
+    return model_card.facts_at_push(
+        model_name=os.path.basename(base_directory.rstrip("/")),
+        version="0",  # set by push_model
+        serving_path="",
+        pushed_at=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        model_uri=model_uri,
+        classes=classes,
+        training_record=record,
+        input_size=_input_size(record.get("config") or {}),
+        metrics=metrics,
+        gate=gate,
+        baseline_model=baseline or None,
+        pipeline_run=pipeline_run,
+        signatures=read_signatures(model_path),
+    )
+
+
+def _input_size(config: Mapping[str, Any]) -> int | None:
+    """The model input's side from recorded training settings (None if unreadable)."""
+    try:
+        return build_config(TrainingConfig, config).input_size
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def read_signatures(model_path: str) -> tuple[model_card.SignatureInfo, ...]:
+    """The SavedModel's signatures, read from `saved_model.pb` without loading the model."""
+    saved_model = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(os.path.join(model_path, _SAVED_MODEL_PB), "rb") as f:
+        saved_model.ParseFromString(f.read())
+
+    def describe(tensors: Mapping[str, Any]) -> tuple[str, ...]:
+        return tuple(
+            f"{name}: {tf.as_dtype(info.dtype).name} "
+            f"[{', '.join('None' if d.size < 0 else str(d.size) for d in info.tensor_shape.dim)}]"
+            for name, info in sorted(tensors.items())
+        )
+
+    signatures = saved_model.meta_graphs[0].signature_def if saved_model.meta_graphs else {}
+    return tuple(
+        model_card.SignatureInfo(name, describe(signature.inputs), describe(signature.outputs))
+        for name, signature in sorted(signatures.items())
+        if not name.startswith("__")  # e.g. __saved_model_init_op
+    )
 
 
 def prune_versions(base_directory: str, keep: int, protect: int | None = None) -> list[int]:
@@ -281,8 +412,19 @@ class Executor(tfx_pusher_executor.Executor):
             )
             write_models_config(serving_dir)
             return
+        model_path = self.GetModelPath(input_dict)
+        evaluation = input_dict.get(EVALUATION_KEY)
+        blessing = input_dict.get(standard_component_specs.MODEL_BLESSING_KEY)
+        card = model_card_facts(
+            model_path,
+            base_directory,
+            model.uri,
+            evaluation_uri=artifact_utils.get_single_uri(evaluation) if evaluation else None,
+            blessing=blessing[0] if blessing else None,
+            pipeline_run=(self._context.pipeline_run_id or "") if self._context else "",
+        )
         serving_path = push_model(
-            self.GetModelPath(input_dict), base_directory, next_version(base_directory), model.uri
+            model_path, base_directory, next_version(base_directory), model.uri, card
         )
         version = int(os.path.basename(serving_path))
         io_utils.copy_dir(self.GetModelPath(input_dict), model_push.uri)
@@ -292,7 +434,45 @@ class Executor(tfx_pusher_executor.Executor):
         logging.info("Model pushed to %s; older versions deleted: %s.", serving_path, deleted)
 
 
-class ServingPusher(Pusher):
-    """TFX Pusher with `Executor`'s safe, idempotent push."""
+class ServingPusherSpec(standard_component_specs.PusherSpec):
+    """TFX Pusher's spec, plus the Evaluator's `evaluation` for the model card."""
 
+    INPUTS = {
+        **standard_component_specs.PusherSpec.INPUTS,
+        EVALUATION_KEY: ChannelParameter(type=standard_artifacts.ModelEvaluation, optional=True),
+    }
+
+
+class ServingPusher(Pusher):
+    """TFX Pusher with `Executor`'s safe, idempotent push and a model card per version."""
+
+    SPEC_CLASS = ServingPusherSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
+
+    def __init__(
+        self,
+        model: types.BaseChannel,
+        model_blessing: types.BaseChannel,
+        push_destination: pusher_pb2.PushDestination,
+        custom_config: dict[str, Any] | None = None,
+        evaluation: types.BaseChannel | None = None,
+    ) -> None:
+        """Pushes `model` when `model_blessing` blesses it.
+
+        Args:
+            model: The Trainer's model.
+            model_blessing: The Evaluator's blessing; required, so that nothing
+                is pushed unconditionally.
+            push_destination: Where versions go (a filesystem base directory).
+            custom_config: ``{"keep_versions": K}``.
+            evaluation: The Evaluator's evaluation, for the model card's metrics.
+        """
+        spec = ServingPusherSpec(
+            model=model,
+            model_blessing=model_blessing,
+            push_destination=push_destination,
+            custom_config=json_utils.dumps(custom_config),
+            evaluation=evaluation,
+            pushed_model=types.Channel(type=standard_artifacts.PushedModel),
+        )
+        base_component.BaseComponent.__init__(self, spec=spec)

@@ -3,9 +3,11 @@
 A card says what the model is (backbone, input size, classes, version, date),
 what it learned from, how well it did, why it was shipped, what it is for and
 not for, and how to query it. `ModelCardFacts` holds what is known; fields left
-empty print as "not recorded", so a caller with less at hand (the Pusher, say)
-can still write a card. `transferline report` fills every field from ML
-Metadata and the run's artifacts.
+empty print as "not recorded", so a caller with less at hand can still write a
+card. The Pusher writes `model_card.md` into each version it pushes, from what
+it knows then (`facts_at_push`: the model, its training record, the Evaluator's
+metrics and gate); `transferline report` fills every field from ML Metadata and
+the run's artifacts.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import os
 from collections.abc import Mapping, Sequence
 
 CARD_PREFIX = "model_card_"
+VERSION_CARD_FILE = "model_card.md"
+"""The card inside a pushed version directory."""
 NOT_RECORDED = "not recorded"
+OVERALL_SLICE = "Overall"
 
 # Below this many eval images of a class, per-class figures are too rough to trust.
 _FEW_EVAL_IMAGES_PER_CLASS = 30
@@ -129,8 +134,13 @@ def model_card_filename(version: str) -> str:
     return f"{CARD_PREFIX}{version}.md"
 
 
-def write_model_card(facts: ModelCardFacts, directory: str) -> str:
+def write_model_card(facts: ModelCardFacts, directory: str, filename: str | None = None) -> str:
     """Writes `<directory>/model_card_<version>.md` (local path or object store).
+
+    Args:
+        facts: What the card says.
+        directory: Where it goes.
+        filename: Another file name (e.g. `VERSION_CARD_FILE`).
 
     Returns:
         The path written.
@@ -142,7 +152,7 @@ def write_model_card(facts: ModelCardFacts, directory: str) -> str:
 
     text = render_model_card(facts.validate())
     tf.io.gfile.makedirs(directory)
-    path = os.path.join(directory, model_card_filename(facts.version))
+    path = os.path.join(directory, filename or model_card_filename(facts.version))
     with tf.io.gfile.GFile(path, "w") as f:
         f.write(text)
     return path
@@ -161,6 +171,97 @@ def render_model_card(facts: ModelCardFacts) -> str:
         _how_to_query(facts),
     ]
     return "\n\n".join(section.rstrip() for section in sections) + "\n"
+
+
+def facts_at_push(
+    *,
+    model_name: str,
+    version: str,
+    serving_path: str,
+    pushed_at: str,
+    model_uri: str,
+    classes: Sequence[str],
+    training_record: Mapping[str, object],
+    input_size: int | None,
+    metrics: Mapping[str, object],
+    gate: Mapping[str, object],
+    baseline_model: str | None,
+    pipeline_run: str = "",
+    signatures: Sequence[SignatureInfo] = (),
+) -> ModelCardFacts:
+    """The card of a version being pushed, from what the Pusher can read.
+
+    Args:
+        model_name: Name under the serving directory.
+        version: The version directory's name.
+        serving_path: The version directory.
+        pushed_at: When (ISO 8601, UTC).
+        model_uri: The Trainer's Model artifact.
+        classes: Class names in model-output order.
+        training_record: The model's `assets.extra/training.json` (``config``
+            and ``history``); {} when it has none.
+        input_size: Side of the model input, if known.
+        metrics: The Evaluator's figures as `pipeline.evaluation.read_metrics`
+            gives them (`run_summary.json`'s ``metrics``); {} when not read.
+        gate: The decision as `pipeline.evaluation.read_gate` gives it
+            (`run_summary.json`'s ``gate``); {} when not read.
+        baseline_model: The last blessed model compared against, if any.
+        pipeline_run: The pipeline run pushing it.
+        signatures: The SavedModel's signatures.
+    """
+    config = training_record.get("config") or {}
+    history = training_record.get("history") or {}
+    per_class = metrics.get("per_class") or {}
+    top_k = metrics.get("top_k_accuracy")
+    eval_examples = metrics.get("examples")
+    return ModelCardFacts(
+        model_name=model_name,
+        version=version,
+        serving_path=serving_path,
+        pushed_at=pushed_at,
+        backbone=str(config.get("backbone", "")),
+        weights=str(config.get("weights", "")),
+        input_size=input_size,
+        classes=tuple(classes),
+        model_uri=model_uri,
+        pipeline_run=pipeline_run,
+        training_config=config,
+        fine_tuned_layers=tuple(history.get("unfrozen_layers") or ()),
+        examples_per_split={"eval": eval_examples} if eval_examples is not None else {},
+        eval_images_per_class={name: c["examples"] for name, c in per_class.items()},
+        accuracy=metrics.get("accuracy"),
+        metrics={f"top_{top_k['k']}_accuracy": top_k["value"]} if top_k else {},
+        per_class=tuple(
+            ClassScore(name, c["examples"], c["precision"], c["recall"])
+            for name, c in per_class.items()
+        ),
+        blessed=gate.get("blessed"),
+        gate_checks=gate_checks_from_summary(gate),
+        baseline_model=baseline_model,
+        signatures=tuple(signatures),
+    )
+
+
+def gate_checks_from_summary(gate: Mapping[str, object]) -> tuple[GateCheck, ...]:
+    """The card's rows for the checks `pipeline.evaluation.read_gate` records."""
+    rows = []
+    for check in gate.get("checks") or ():
+        where = "" if check["slice"] == OVERALL_SLICE else f", {check['slice']}"
+        if check["kind"] == "change":
+            kind = "change"
+            requirement = (f">= baseline - {check['max_drop']:g} "
+                           f"(>= {check['threshold']:.4f})")
+        else:
+            kind = "value"
+            requirement = f">= {check['threshold']:.4f}"
+        rows.append(GateCheck(
+            metric=f"{check['metric']} ({kind}{where})",
+            requirement=requirement,
+            value=check.get("value"),
+            baseline=check.get("baseline"),
+            outcome="pass" if check["passed"] else "FAIL",
+        ))
+    return tuple(rows)
 
 
 # ------------------------------------------------------------------------ sections

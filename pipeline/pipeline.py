@@ -339,10 +339,11 @@ def create_pipeline(
     components.append(evaluator)
 
     # Push a blessed model, once, into TF Serving's <model>/<version>/ layout, with
-    # warm-up requests and models.config; keep the newest versions.
+    # warm-up requests, a model card and models.config; keep the newest versions.
     pusher = ServingPusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
+        evaluation=evaluator.outputs["evaluation"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)
         ),

@@ -8,6 +8,7 @@ import tensorflow as tf
 from ml_metadata import metadata_store
 from tfx import v1 as tfx
 
+from components import serving_pusher
 from pipeline import cli, local_runner, run_summary
 from pipeline import pipeline as pipeline_def
 from tests.conftest import CLASS_COLOURS, encode, make_image, write_class_folder
@@ -78,6 +79,11 @@ def test_run_pushes_a_serving_model_once_and_reruns_from_cache(tmp_path, capsys)
     outputs = serve(**{export.IMAGE_BYTES_INPUT: tf.constant([red, blue])})
     assert [label.decode() for label in outputs[export.LABEL_OUTPUT].numpy()] == ["red", "blue"]
     assert outputs[export.SCORES_OUTPUT].shape == (2, 3)
+    card = (version / serving_pusher.MODEL_CARD_FILE).read_text()
+    assert card.startswith(f"# Model card: transferline, version {version.name}\n")
+    assert f"Eval-split accuracy: **{summary['metrics']['accuracy']:.4f}**" in card
+    assert "| Classes | 3: " in card and "| Input size | 64 x 64 RGB |" in card
+    assert "| accuracy (value) | >= 0.6000 |" in card and "| pass |" in card
 
     # Unchanged data: everything up to the model is served from cache, no second push.
     assert cli.main(argv) == 0

@@ -21,6 +21,7 @@ from tfx.utils import proto_utils
 from components import serving_pusher
 from tests import serving_testing
 from trainer import export
+from trainer.config import ExportConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -217,3 +218,67 @@ def test_an_interrupted_push_leaves_no_version_tf_serving_would_load(saved_model
     assert not any(name.isdigit() for name in os.listdir(base))
     assert serving_pusher.list_versions(str(base)) == []
     assert serving_pusher.next_version(str(base)) > 123
+
+
+def test_each_version_carries_its_model_card_and_still_loads(saved_model, tmp_path):
+    base = str(tmp_path / "serving" / "m")
+    pushed = _push(saved_model, base, tmp_path)
+    version_dir = pushed.get_string_custom_property("pushed_destination")
+    version = os.path.basename(version_dir)
+
+    card = (tmp_path / "serving" / "m" / version / serving_pusher.MODEL_CARD_FILE).read_text()
+
+    assert card.startswith(f"# Model card: m, version {version}\n")
+    assert f"| Serving directory | `{version_dir}` |" in card
+    assert f"| Source model artifact | `{os.path.dirname(saved_model)}` |" in card
+    assert "| `serving_default` | x: float32 [None] | y: float32 [None] |" in card
+    assert "The Evaluator's decision: **blessed**" in card
+    assert "Eval-split accuracy: **n/a**" in card  # no evaluation given
+    loaded = tf.saved_model.load(version_dir)  # the card is no obstacle to loading
+    assert loaded.signatures["serving_default"](tf.constant([2.0]))["y"].numpy().tolist() == [4.0]
+
+
+def test_the_card_describes_an_exported_model_from_its_training_record(tmp_path):
+    tf_transform_output, _ = serving_testing.write_transform_output(
+        tmp_path / "transform", tmp_path / "tft_tmp"
+    )
+    record = {"config": serving_testing.CONFIG.to_dict(),
+              "history": {"unfrozen_layers": ["block_16_project"]}}
+    model_dir = serving_testing.export_tiny_model(
+        tmp_path / "model", tf_transform_output, ExportConfig(tflite=True),
+        training_record=record,
+    )
+    card = serving_pusher.model_card_facts(model_dir, str(tmp_path / "serving" / "m"), "uri-7")
+
+    version_dir = serving_pusher.push_model(model_dir, str(tmp_path / "serving" / "m"), 5,
+                                            "uri-7", card)
+
+    tflite = os.path.join(version_dir, export.ASSETS_EXTRA, export.TFLITE_FILE)
+    assert os.path.getsize(tflite) > 0  # pushed beside the SavedModel
+    served = tf.saved_model.load(version_dir).signatures[export.SERVING_DEFAULT](
+        image_bytes=tf.constant([serving_testing.colour_image("red", 1)]))
+    assert served[export.SCORES_OUTPUT].shape == (1, 3)
+
+    text = open(os.path.join(version_dir, serving_pusher.MODEL_CARD_FILE)).read()
+    assert "| Classes | 3: red, green, blue |" in text
+    assert "| Input size | 32 x 32 RGB |" in text
+    assert "mobilenet_v2 backbone (top 1 layers fine-tuned) + new head" in text
+    assert "`weights=none`" in text and "random initialisation" in text
+    assert "| `serving_default` | image_bytes: string [None] |" in text
+    assert "The Evaluator's decision: not recorded" in text  # no blessing given
+    assert "`uri-7`" in text
+
+
+def test_the_card_names_the_version_a_concurrent_push_left_free(saved_model, tmp_path):
+    base = tmp_path / "serving" / "m"
+    taken = serving_pusher.next_version(str(base))
+    shutil.copytree(saved_model, base / str(taken))
+    card = serving_pusher.model_card_facts(saved_model, str(base), "uri-b")
+
+    path = serving_pusher.push_model(saved_model, str(base), taken, "uri-b", card)
+
+    version = os.path.basename(path)
+    assert int(version) > taken
+    text = open(os.path.join(path, serving_pusher.MODEL_CARD_FILE)).read()
+    assert text.startswith(f"# Model card: m, version {version}\n")
+    assert f"/versions/{version}:predict" in text
