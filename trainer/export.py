@@ -225,7 +225,12 @@ class _Untracked:
 
 
 class _ServingModule(tf.Module):
-    """Holds the Transform layer, the classifier's variables and the class names."""
+    """Holds the Transform layer, the classifier's variables and the class names.
+
+    The signatures are traced without AutoGraph: they hold no Python control
+    flow on tensors, and converting the Transform layer and every function they
+    call took longer than all the rest of an export (EfficientNet-Lite0: 7.3 s ->
+    3 s)."""
 
     def __init__(
         self,
@@ -268,17 +273,23 @@ class _ServingModule(tf.Module):
             SCORE_OUTPUT: tf.reduce_max(scores, axis=1),
         }
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES_INPUT)])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES_INPUT)], autograph=False
+    )
     def serve_image_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         raw = {features.IMAGE_KEY: tf.reshape(image_bytes, [-1, 1])}
         return self._classify(self._checked(raw, IMAGE_BYTES_INPUT))
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)], autograph=False
+    )
     def serve_examples(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
         raw = tf.io.parse_example(examples, self._example_spec)
         return self._classify(self._checked(raw, f"{EXAMPLES_INPUT}.{features.IMAGE_KEY}"))
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)], autograph=False
+    )
     def transform_features(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
         raw = tf.io.parse_example(examples, self._labelled_example_spec)
         return self.tft_layer(self._checked(raw, f"{EXAMPLES_INPUT}.{features.IMAGE_KEY}"))
