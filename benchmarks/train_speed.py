@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.epochs} epochs, batch {BATCH_SIZE}, frozen, no augmentation")
 
     root = pathlib.Path(tempfile.mkdtemp(prefix="train_speed_"))
-    rows = {split: [(png(image), str(name)) for image, name in zip(*data)]
+    rows = {split: [(png(image), str(name)) for image, name in zip(*data, strict=True)]
             for split, data in (("train", train), ("eval", validation))}
     examples = trainer_testing.write_examples(root / "examples", rows)
     config = TrainingConfig(

@@ -104,7 +104,8 @@ def _add_run_parser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--max-label-drift", type=float,
                      help="data gate: largest L-infinity label drift from the previous span")
     run.add_argument("--beam-arg", action="append", default=None, metavar="ARG",
-                     help="Beam pipeline argument, repeatable (e.g. --beam-arg=--runner=FlinkRunner)")
+                     help="Beam pipeline argument, repeatable "
+                          "(e.g. --beam-arg=--runner=FlinkRunner)")
     run.add_argument("--verbose", action="store_true", help="show TFX, Beam and TF logs")
 
 
@@ -258,7 +259,8 @@ def _print_run_report(summary: dict, args: argparse.Namespace, seconds: float) -
         print(f"  span:       {summary['span']}{compared}")
     for warning in summary.get("warnings", []):
         print(f"  warning:    {warning}")
-    print(f"  accuracy:   {accuracy:.4f} (eval split)" if accuracy is not None else "  accuracy:   n/a")
+    print(f"  accuracy:   {accuracy:.4f} (eval split)" if accuracy is not None
+          else "  accuracy:   n/a")
     top_k = summary["metrics"].get("top_k_accuracy")
     if top_k:
         print(f"  top-{top_k['k']}:      {top_k['value']:.4f}")

@@ -83,7 +83,7 @@ def write_image_folder(
     Returns:
         The number of files written.
     """
-    for index, (pixels, label) in enumerate(zip(images, labels)):
+    for index, (pixels, label) in enumerate(zip(images, labels, strict=True)):
         os.makedirs(os.path.join(output, label), exist_ok=True)
         image = Image.fromarray(pixels).resize((size, size), Image.NEAREST).convert("RGB")
         image.save(os.path.join(output, label, f"{index:05d}.png"))

@@ -154,9 +154,10 @@ class Predictor:
         except tf.errors.InvalidArgumentError:
             if len(images) == 1:
                 raise
-            return [p for path, image in zip(paths, images)
+            return [p for path, image in zip(paths, images, strict=True)
                     for p in self._classify_one(path, image, top_k)]
-        return [_prediction(path, s, c, top_k) for path, s, c in zip(paths, scores, classes)]
+        return [_prediction(path, s, c, top_k)
+                for path, s, c in zip(paths, scores, classes, strict=True)]
 
     def _classify_one(self, path: str, image: bytes, top_k: int) -> list[Prediction]:
         try:
@@ -198,9 +199,9 @@ def predict_files(
     pending: list[tuple[int, str, bytes]] = []
 
     def flush() -> None:
-        indices, batch_paths, images = zip(*pending)
+        indices, batch_paths, images = zip(*pending, strict=True)
         for index, prediction in zip(
-            indices, predictor.classify(list(batch_paths), list(images), top_k)
+            indices, predictor.classify(list(batch_paths), list(images), top_k), strict=True
         ):
             results[index] = prediction
         pending.clear()

@@ -48,10 +48,14 @@ def read_latest_run(
     if not runs:
         return {}
     run = max(runs, key=lambda context: (context.create_time_since_epoch, context.id))
-    run_executions = {execution.id: execution for execution in store.get_executions_by_context(run.id)}
+    run_executions = {
+        execution.id: execution for execution in store.get_executions_by_context(run.id)
+    }
     records = {}
     for node_id in pipeline_def.NODE_IDS:
-        node_context = store.get_context_by_type_and_name(_NODE_CONTEXT, f"{pipeline_name}.{node_id}")
+        node_context = store.get_context_by_type_and_name(
+            _NODE_CONTEXT, f"{pipeline_name}.{node_id}"
+        )
         if node_context is None:
             continue
         executions = [

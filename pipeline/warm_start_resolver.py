@@ -10,12 +10,11 @@ span lands.
 
 from __future__ import annotations
 
+import ml_metadata as mlmd
 from tfx import types
 from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import (
     LatestBlessedModelStrategy,
 )
-
-import ml_metadata as mlmd
 
 MODEL_KEY = "model"
 MODEL_BLESSING_KEY = "model_blessing"

@@ -40,7 +40,7 @@ def test_a_horizontal_flip_mirrors_or_keeps_each_image():
     config = AugmentationConfig(horizontal_flip=True)
     dataset = tf.data.Dataset.from_tensors((IMAGES, LABELS)).repeat(4)
     for images, _ in augmentation.augment_batches(dataset, config, seed=2):
-        for original, augmented in zip(IMAGES.numpy(), images.numpy()):
+        for original, augmented in zip(IMAGES.numpy(), images.numpy(), strict=True):
             assert (np.allclose(augmented, original)
                     or np.allclose(augmented, original[:, ::-1]))
 

@@ -127,7 +127,7 @@ def test_local_weights_file_is_loaded(tmp_path):
     path = str(tmp_path / "mobilenet.h5")
     source.save_weights(path)
     loaded = backbones.build_frozen_base("mobilenet_v2", image_size=64, weights=path)
-    for expected, actual in zip(source.get_weights(), loaded.get_weights()):
+    for expected, actual in zip(source.get_weights(), loaded.get_weights(), strict=True):
         np.testing.assert_array_equal(expected, actual)
 
 

@@ -36,7 +36,7 @@ def test_images_and_labels_in_file_order_and_label_counts(tmp_path):
 
 def test_shuffled_batches_hold_every_example(tmp_path):
     data = _data(tmp_path, {"red": 5, "green": 3}, {"red": 2, "green": 1})
-    labels = np.concatenate([l for _, l in data.images_and_labels(TRAIN, 3, True, seed=1)])
+    labels = np.concatenate([batch for _, batch in data.images_and_labels(TRAIN, 3, True, seed=1)])
     assert sorted(labels.tolist()) == [0] * 5 + [1] * 3
 
 
@@ -45,5 +45,5 @@ def test_labels_outside_the_vocabulary_are_reported_and_left_out(tmp_path, caplo
     with caplog.at_level(logging.WARNING):
         np.testing.assert_array_equal(data.label_counts(EVAL), [2, 0])
     assert "2 eval examples have labels outside the label vocabulary" in caplog.text
-    labels = np.concatenate([l for _, l in data.images_and_labels(EVAL, batch_size=8)])
+    labels = np.concatenate([batch for _, batch in data.images_and_labels(EVAL, batch_size=8)])
     assert labels.tolist() == [0, 0]

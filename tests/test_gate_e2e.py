@@ -25,7 +25,7 @@ def _with_labels_permuted(good, root):
     """The same images, but every training image filed under the next class's folder."""
     shutil.copytree(good / "val", root / "val")
     classes = sorted(CLASS_COLOURS)
-    for label, wrong in zip(classes, classes[1:] + classes[:1]):
+    for label, wrong in zip(classes, classes[1:] + classes[:1], strict=True):
         shutil.copytree(good / "train" / label, root / "train" / wrong)
     return root
 

@@ -93,8 +93,8 @@ def test_scan_accounts_for_every_file_with_reasons(messy):
 
 @pytest.mark.slow
 def test_scan_agrees_with_image_folder_example_gen(messy, tmp_path):
-    from tests.test_image_folder_example_gen import _run_executor
     from components import image_folder_example_gen as gen
+    from tests.test_image_folder_example_gen import _run_executor
 
     examples = _run_executor(messy, tmp_path)  # eval_percent 25 there
     manifest = {row["path"]: (row["status"], row["split"], row["reason"])

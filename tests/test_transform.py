@@ -27,7 +27,9 @@ def _raw_examples():
     for n, label in enumerate(["red", "red", "red", "green", "green", "blue"]):
         image = make_image(CLASS_COLOURS[label], seed=n)
         image_format = "PNG" if n % 2 else "JPEG"
-        rows.append({features.IMAGE_KEY: [encode(image, image_format)], features.LABEL_KEY: [label]})
+        rows.append(
+            {features.IMAGE_KEY: [encode(image, image_format)], features.LABEL_KEY: [label]}
+        )
     return rows
 
 

@@ -109,7 +109,8 @@ def test_restore_loads_the_head_and_fine_tuned_backbone(trained):
 
     assert record == {"from": str(fn_args.serving_model_dir).rsplit("/", 1)[0], "used": True,
                       "backbone": True}
-    for got, want in zip(parts.classifier.get_weights(), first.classifier.get_weights()):
+    weights = (parts.classifier.get_weights(), first.classifier.get_weights())
+    for got, want in zip(*weights, strict=True):
         np.testing.assert_array_equal(got, want)
 
 

@@ -139,7 +139,7 @@ TRAIN_PER_CLASS = {"red": 20, "green": 20, "blue": 20}
 EVAL_PER_CLASS = {"red": 4, "green": 4, "blue": 4}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def colour_examples(
     train: tuple[tuple[str, int], ...] = tuple(TRAIN_PER_CLASS.items()),
     eval_: tuple[tuple[str, int], ...] = tuple(EVAL_PER_CLASS.items()),
@@ -152,7 +152,7 @@ def colour_examples(
     return examples, tuple(train_rows), tuple(eval_rows)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def transform_output_for(backbone: str, image_size: int, rows: tuple[Row, ...]) -> str:
     """A Transform output for one backbone's preprocessing, built once per session."""
     config = TrainingConfig(backbone=backbone, weights="imagenet" if backbone.startswith(

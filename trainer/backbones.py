@@ -295,7 +295,7 @@ def _check_weights_package(entry: Backbone, weights: str) -> None:
 # --------------------------------------------------------------------- cut layers
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def layer_names(name: str, include_top: bool = False) -> tuple[str, ...]:
     """Names of backbone `name`'s layers, input to output (input layers left out).
 

@@ -193,7 +193,7 @@ def to_plain(config: Any) -> Any:
     return config
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _type_hints(config_class: type) -> dict[str, Any]:
     return typing.get_type_hints(config_class)
 

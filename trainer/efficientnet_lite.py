@@ -256,7 +256,8 @@ class _TensorRef:
             raise pickle.UnpicklingError("tensor size and stride differ in rank")
         if 0 in self.size:
             return np.zeros(self.size, dtype=flat.dtype)
-        extent = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride)) + 1
+        steps = zip(self.size, self.stride, strict=True)
+        extent = self.offset + sum((n - 1) * s for n, s in steps) + 1
         if extent > flat.size:
             raise pickle.UnpicklingError(
                 f"tensor of size {self.size} and stride {self.stride} at offset {self.offset} "
@@ -658,8 +659,11 @@ def load_torch_state_dict(
         if missing:
             problems.append(f"{layer_name}: missing tensors {missing}")
             continue
-        values = [t(state_dict[k]) for k, t in zip(source.keys, source.transforms)]
-        for key, value, weight in zip(source.keys, values, layer.weights):
+        values = [t(state_dict[k]) for k, t in zip(source.keys, source.transforms, strict=True)]
+        if len(values) != len(layer.weights):
+            problems.append(f"{layer_name}: {len(values)} tensors for {len(layer.weights)} weights")
+            continue
+        for key, value, weight in zip(source.keys, values, layer.weights, strict=True):
             if tuple(weight.shape) != value.shape:
                 problems.append(f"{key} {value.shape} -> {weight.name} {tuple(weight.shape)}")
             assigned[key] = weight.name

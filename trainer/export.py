@@ -486,7 +486,7 @@ def tflite_max_difference(
     (input_detail,) = interpreter.get_input_details()
     (output_detail,) = interpreter.get_output_details()
     difference = 0.0
-    for image, scores in zip(transformed, expected.numpy()):
+    for image, scores in zip(transformed, expected.numpy(), strict=True):
         interpreter.set_tensor(input_detail["index"], image[np.newaxis].astype(np.float32))
         interpreter.invoke()
         got = interpreter.get_tensor(output_detail["index"])[0]

@@ -72,7 +72,7 @@ class BestWeights(tf.keras.callbacks.Callback):
             self._best_weights = self._snapshot()
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        for variable, value in zip(self.model.trainable_weights, self._best_weights):
+        for variable, value in zip(self.model.trainable_weights, self._best_weights, strict=True):
             variable.assign(value)
 
     def _snapshot(self) -> list[np.ndarray]:
