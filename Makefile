@@ -8,7 +8,7 @@ EPOCHS ?= 30
 IMAGE_SIZE ?= 96
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo lint test clean
 
 setup: $(STAMP)
 
@@ -34,7 +34,10 @@ demo: $(STAMP)
 	$(PY) -m pipeline.demo_data --output demo_data
 	$(VENV)/bin/transferline run --data demo_data --workdir $(WORKDIR) --epochs $(EPOCHS) --image-size $(IMAGE_SIZE)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: lint
 	$(PY) -m pytest
 
 clean:

@@ -1,4 +1,4 @@
-"""Object-store data roots: the same ingestion rules through tf.io.gfile, on TF's ram:// file system.
+"""Object-store data roots: the same ingestion rules through tf.io.gfile, on TF's ram:// files.
 
 `ram://` is TensorFlow's built-in in-memory file system: it lives in this
 process only, so everything reading it here runs in this process (scan with

@@ -97,7 +97,7 @@ def test_hash_split_is_tfx_partition(percents):
     names = ["train", "eval", "test"][: len(percents)]
     split_config = example_gen_pb2.SplitConfig(
         splits=[example_gen_pb2.SplitConfig.Split(name=n, hash_buckets=b)
-                for n, b in zip(names, percents)],
+                for n, b in zip(names, percents, strict=True)],
         partition_feature_name=features.HASH_KEY,
     )
     buckets = [sum(percents[: i + 1]) for i in range(len(percents))]
@@ -109,7 +109,8 @@ def test_hash_split_is_tfx_partition(percents):
         example.features.feature[features.HASH_KEY].bytes_list.value.append(content_hash.encode())
         expected = base_example_gen_executor._PartitionFn(  # noqa: SLF001
             example, len(buckets), buckets, split_config)
-        assert image_folder.hash_split(content_hash, list(zip(names, percents))) == names[expected]
+        split = image_folder.hash_split(content_hash, list(zip(names, percents, strict=True)))
+        assert split == names[expected]
 
 
 def _row(path, label, status, split=None, **extra):

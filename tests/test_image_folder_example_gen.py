@@ -132,7 +132,8 @@ def test_one_usable_class_stops_the_run(tmp_path):
 
 def test_small_classes_stop_the_run(tmp_path):
     data = write_class_folder(tmp_path / "images", per_class=3)
-    with pytest.raises(gen.IngestionError, match=r"min_images_per_class=5: blue \(3\), green \(3\)"):
+    expected = r"min_images_per_class=5: blue \(3\), green \(3\)"
+    with pytest.raises(gen.IngestionError, match=expected):
         _run_executor(data, tmp_path, min_images_per_class=5)
 
 
