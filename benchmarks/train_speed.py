@@ -14,6 +14,10 @@ report accuracy on. EfficientNet-Lite0 with its real ImageNet weights, 96 px,
   epochs with the validation set, the backbone running on every batch. Timed: `fit`.
 * floor: one forward pass of the backbone over the (in-memory, preprocessed)
   training images, after a warm-up: the least any frozen-backbone training can do.
+  Measured twice, between the two runs of ours and again at the end (a shared
+  machine's speed drifts); ours is judged against the faster of the two.
+  Ours runs first as a fresh Trainer process would (the first Keras model and
+  graphs of the process), then again warm, like the floor; both are printed.
 * ours + fine-tuning: the same, then a fine-tuning phase (top layers, lower rate).
 
 Targets (issue 4): ours >= 5x faster than the seeds; ours <= 1.3x the floor;
@@ -103,6 +107,14 @@ def run_ours(config, examples, transform_dir, workdir, test_encoded, test_labels
     return seconds, served_accuracy(fn_args.serving_model_dir, test_encoded, test_labels), history
 
 
+def measure_floor(base: tf.keras.Model, x_train: np.ndarray) -> float:
+    """Seconds of one forward pass of `base` over `x_train`, after a warm-up."""
+    base.predict(x_train[:64], batch_size=64, verbose=0)
+    started = time.perf_counter()
+    base.predict(x_train, batch_size=model.FEATURE_BATCH_SIZE, verbose=0)
+    return time.perf_counter() - started
+
+
 def run_seeds(train, validation, test, class_names, epochs):
     x_train, x_val, x_test = (in_memory(images) for images, _ in (train, validation, test))
     index = {name: i for i, name in enumerate(class_names)}
@@ -110,12 +122,7 @@ def run_seeds(train, validation, test, class_names, epochs):
         train, validation, test))
     tf.keras.utils.set_random_seed(0)
     base = backbones.build_frozen_base(BACKBONE, IMAGE_SIZE, "imagenet")
-
-    # The floor: one forward pass over the training images, after a warm-up.
-    base.predict(x_train[:64], batch_size=64, verbose=0)
-    started = time.perf_counter()
-    base.predict(x_train, batch_size=model.FEATURE_BATCH_SIZE, verbose=0)
-    floor = time.perf_counter() - started
+    floor = measure_floor(base, x_train)
 
     inputs = tf.keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
     x = tf.keras.layers.GlobalAveragePooling2D()(base(inputs, training=False))
@@ -141,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fine-tune-epochs", type=int, default=8)
     parser.add_argument("--fine-tune-learning-rate", type=float, default=1e-4)
     parser.add_argument("--skip-seeds", action="store_true")
+    parser.add_argument("--skip-fine-tuning", action="store_true")
     args = parser.parse_args(argv)
 
     train, validation, test = load_fashion_mnist(args.train, args.validation, args.test)
@@ -164,39 +172,54 @@ def main(argv: list[str] | None = None) -> None:
     test_encoded = [png(image) for image in test[0]]
     class_names = export.class_names(trainer_testing.tft.TFTransformOutput(transform_dir))
 
+    # Ours twice: first as a fresh Trainer process runs it (the first Keras model,
+    # graph and tf.data pipeline of the process), then warm, like the floor.
+    cold, _, _ = run_ours(config, examples, transform_dir, root / "cold", test_encoded, test[1])
+    floor_before = measure_floor(
+        backbones.build_frozen_base(BACKBONE, IMAGE_SIZE, "imagenet"), in_memory(train[0]))
+    print(f"floor (one forward pass of the backbone over the {len(train[0])} "
+          f"training images, warm): {floor_before:.1f} s")
     ours, ours_accuracy, history = run_ours(
         config, examples, transform_dir, root / "ours", test_encoded, test[1])
-    print(f"\nours (frozen): {ours:.1f} s, test accuracy {ours_accuracy:.4f} "
+    print(f"\nours (frozen), first in the process: {cold:.1f} s "
+          f"({cold / floor_before:.2f}x the floor)")
+    print(f"ours (frozen), warm: {ours:.1f} s ({ours / floor_before:.2f}x the floor), "
+          f"test accuracy {ours_accuracy:.4f} "
           f"(path: {history['path']['head']}, best epoch {history['best']['epoch']})")
 
-    tuned_config = dataclasses.replace(config, fine_tuning=FineTuningConfig(
-        unfreeze_layers=args.fine_tune_layers, learning_rate=args.fine_tune_learning_rate,
-        epochs=args.fine_tune_epochs))
-    tuned, tuned_accuracy, tuned_history = run_ours(
-        tuned_config, examples, transform_dir, root / "tuned", test_encoded, test[1])
-    best = tuned_history["best"]
-    print(f"ours + fine-tuning ({args.fine_tune_layers} layers, lr "
-          f"{args.fine_tune_learning_rate}, {args.fine_tune_epochs} epochs): {tuned:.1f} s, "
-          f"test accuracy {tuned_accuracy:.4f} (path: {tuned_history['path']}, "
-          f"best: {best['phase']} epoch {best['epoch']})")
+    tuned_accuracy = None
+    if not args.skip_fine_tuning:
+        tuned_config = dataclasses.replace(config, fine_tuning=FineTuningConfig(
+            unfreeze_layers=args.fine_tune_layers, learning_rate=args.fine_tune_learning_rate,
+            epochs=args.fine_tune_epochs))
+        tuned, tuned_accuracy, tuned_history = run_ours(
+            tuned_config, examples, transform_dir, root / "tuned", test_encoded, test[1])
+        best = tuned_history["best"]
+        print(f"ours + fine-tuning ({args.fine_tune_layers} layers, lr "
+              f"{args.fine_tune_learning_rate}, {args.fine_tune_epochs} epochs): {tuned:.1f} s, "
+              f"test accuracy {tuned_accuracy:.4f} (path: {tuned_history['path']}, "
+              f"best: {best['phase']} epoch {best['epoch']})")
 
     if args.skip_seeds:
         return
-    seeds, seeds_accuracy, floor = run_seeds(train, validation, test, class_names, args.epochs)
+    seeds, seeds_accuracy, floor_after = run_seeds(
+        train, validation, test, class_names, args.epochs)
     print(f"seeds' way (Keras fit, backbone on every batch): {seeds:.1f} s, "
           f"test accuracy {seeds_accuracy:.4f}")
-    print(f"floor (one forward pass of the backbone over the {len(train[0])} training "
-          f"images): {floor:.1f} s")
+    print(f"floor at the end: {floor_after:.1f} s")
+    floor = min(floor_before, floor_after)
     print("\nresults")
     print(f"  speed-up over the seeds' way: {seeds / ours:.1f}x (target >= 5x): "
           f"{'met' if seeds / ours >= 5 else 'MISSED'}")
-    print(f"  ours / floor: {ours / floor:.2f}x (target <= 1.3x): "
-          f"{'met' if ours / floor <= 1.3 else 'MISSED'}")
+    print(f"  ours / floor (the faster floor, {floor:.1f} s): warm {ours / floor:.2f}x "
+          f"(target <= 1.3x): {'met' if ours / floor <= 1.3 else 'MISSED'}; first in the "
+          f"process {cold / floor:.2f}x: {'met' if cold / floor <= 1.3 else 'MISSED'}")
     print(f"  test accuracy, frozen: ours {ours_accuracy:.4f} vs seeds {seeds_accuracy:.4f} "
           f"(no worse: {'met' if ours_accuracy >= seeds_accuracy else 'MISSED'}; >= 0.85: "
           f"{'met' if ours_accuracy >= 0.85 else 'MISSED'})")
-    print(f"  test accuracy after fine-tuning: {tuned_accuracy:.4f} (>= 0.90: "
-          f"{'met' if tuned_accuracy >= 0.90 else 'MISSED'})")
+    if tuned_accuracy is not None:
+        print(f"  test accuracy after fine-tuning: {tuned_accuracy:.4f} (>= 0.90: "
+              f"{'met' if tuned_accuracy >= 0.90 else 'MISSED'})")
 
 
 if __name__ == "__main__":
