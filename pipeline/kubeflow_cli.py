@@ -271,6 +271,8 @@ def _print_package(path: str, package: CompiledPackage) -> None:
     if resolvers:
         print(f"  note: Vertex AI Pipelines runs the {resolvers} resolver tasks; open-source "
               "Kubeflow Pipelines 2.x does not (see kubeflow/README.md)")
+    print("  note: no warm start in compiled pipelines (training.warm_start finds its base "
+          "model through ML Metadata lineage, which KFP v2 cannot; see kubeflow/README.md)")
 
 
 def _print_upload(result: dict[str, Any], pipeline_name: str) -> None:

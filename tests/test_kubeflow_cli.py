@@ -196,6 +196,7 @@ def test_compile_prints_size_and_tasks(tmp_path, data_root, capsys):
     assert f"tasks ({len(transferline.NODE_IDS)}):" in out
     assert "Trainer" in out and "1 x nvidia.com/gpu" in out
     assert "ImageFolderExampleGen" in out and "resolver" in out
+    assert "note: no warm start in compiled pipelines" in out
 
 
 def test_compile_without_baseline_has_no_resolver_task(tmp_path, data_root, capsys):
