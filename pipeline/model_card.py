@@ -291,7 +291,7 @@ def _model_details(facts: ModelCardFacts) -> str:
     ]
     text = "## Model details\n\n" + _table(("", ""), rows)
     if facts.training_config:
-        flat = _flatten(facts.training_config)
+        flat = flatten_settings(facts.training_config)
         settings = ", ".join(f"`{key}={value}`" for key, value in sorted(flat.items()))
         text += f"\n\nTraining settings: {settings}."
     return text
@@ -447,11 +447,13 @@ transferline predict --model {facts.serving_path or model_dir} image.jpg
 # ------------------------------------------------------------------------- helpers
 
 
-def _flatten(values: Mapping[str, object], prefix: str = "") -> dict[str, object]:
+def flatten_settings(values: Mapping[str, object], prefix: str = "") -> dict[str, object]:
+    """Nested settings as one level of dotted names: {"head": {"dropout": 0.2}} ->
+    {"head.dropout": 0.2}."""
     flat: dict[str, object] = {}
     for key, value in values.items():
         if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten_settings(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from PIL import Image
 
+from pipeline import model_card
 from pipeline import report_data as rd
 
 THUMBNAIL_SIDE = 128
@@ -212,7 +213,7 @@ def _training_section(training: rd.TrainingSummary | None) -> str:
     if training is None:
         return body[0] + '<p class="muted">The run has no Trainer execution.</p></section>'
     if training.config:
-        settings = sorted(_flatten(training.config).items())
+        settings = sorted(model_card.flatten_settings(training.config).items())
         body.append(
             '<div class="settings">' + _key_values([(k, _e(v)) for k, v in settings]) + "</div>"
         )
@@ -241,16 +242,6 @@ def _training_section(training: rd.TrainingSummary | None) -> str:
         )
     body.append("</section>")
     return "".join(body)
-
-
-def _flatten(config: Mapping[str, object], prefix: str = "") -> dict[str, object]:
-    flat: dict[str, object] = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def history_charts(training: rd.TrainingSummary) -> list[str]:
