@@ -58,8 +58,7 @@ from tfx.v1.components import Pusher
 
 from pipeline import model_card
 from trainer import export
-from trainer.config import TrainingConfig
-from trainer.config_file import build_config
+from trainer.config import recorded_input_size
 
 SOURCE_FILE = os.path.join("assets.extra", "transferline_source.json")
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -265,21 +264,13 @@ def model_card_facts(
         model_uri=model_uri,
         classes=classes,
         training_record=record,
-        input_size=_input_size(record.get("config") or {}),
+        input_size=recorded_input_size(record.get("config") or {}),
         metrics=metrics,
         gate=gate,
         baseline_model=baseline or None,
         pipeline_run=pipeline_run,
         signatures=read_signatures(model_path),
     )
-
-
-def _input_size(config: Mapping[str, Any]) -> int | None:
-    """The model input's side from recorded training settings (None if unreadable)."""
-    try:
-        return build_config(TrainingConfig, config).input_size
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def read_signatures(model_path: str) -> tuple[model_card.SignatureInfo, ...]:

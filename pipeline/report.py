@@ -20,7 +20,7 @@ from ml_metadata import metadata_store
 
 from pipeline import local_runner, model_card, report_data, report_html
 from pipeline import pipeline as pipeline_def
-from trainer.config import TrainingConfig
+from trainer.config import recorded_input_size
 
 REPORTS_DIR = "reports"
 
@@ -142,7 +142,7 @@ def facts_from_report_data(data: report_data.ReportData) -> model_card.ModelCard
         ),
         backbone=str(config.get("backbone", "")),
         weights=str(config.get("weights", "")),
-        input_size=_input_size(config),
+        input_size=recorded_input_size(config),
         classes=tuple(evaluation.model_classes if evaluation else data.summary.get("classes", ())),
         model_uri=(training.model_uri or "") if training else "",
         pipeline_run=data.run.name,
@@ -173,19 +173,10 @@ def facts_from_report_data(data: report_data.ReportData) -> model_card.ModelCard
             for c in (gate.checks if gate else ())
         ),
         baseline_model=gate.baseline_model_uri if gate else None,
-        signatures=tuple(
-            model_card.SignatureInfo(s.name, s.inputs, s.outputs)
-            for s in (evaluation.signatures if evaluation else ())
-        ),
+        signatures=evaluation.signatures if evaluation else (),
     )
 
 
-def _input_size(config: dict) -> int | None:
-    known = {field.name for field in dataclasses.fields(TrainingConfig)}
-    try:
-        return TrainingConfig(**{k: v for k, v in config.items() if k in known}).input_size
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def _file_safe(name: str) -> str:

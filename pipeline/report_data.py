@@ -33,7 +33,7 @@ from tensorflow_model_analysis.slicer import slicer_lib
 from tfx.utils import path_utils
 
 from components import image_folder_example_gen, serving_pusher
-from pipeline import local_runner, run_summary
+from pipeline import local_runner, model_card, run_summary
 from pipeline import pipeline as pipeline_def
 from trainer import export, features
 from trainer.model import HISTORY_FILE
@@ -477,15 +477,6 @@ class Misclassified:
 
 
 @dataclasses.dataclass(frozen=True)
-class Signature:
-    """A SavedModel signature's inputs and outputs, as `name: dtype shape`."""
-
-    name: str
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-
-
-@dataclasses.dataclass(frozen=True)
 class EvalSummary:
     """The trained model run over the eval split.
 
@@ -507,7 +498,7 @@ class EvalSummary:
     confusion: tuple[tuple[int, ...], ...]
     misclassified: tuple[Misclassified, ...]
     misclassified_total: int
-    signatures: tuple[Signature, ...]
+    signatures: tuple[model_card.SignatureInfo, ...]
 
     @property
     def examples(self) -> int:
@@ -591,23 +582,8 @@ def evaluate_model(
         confusion=tuple(tuple(int(n) for n in row) for row in matrix),
         misclassified=tuple(item[2] for item in sorted(kept, key=lambda item: (-item[0], item[1]))),
         misclassified_total=sum(1 for true_label, predicted in pairs if true_label != predicted),
-        signatures=_signatures(loaded),
+        signatures=serving_pusher.read_signatures(model_dir),
     )
-
-
-def _signatures(loaded: Any) -> tuple[Signature, ...]:
-    def describe(spec: tf.TensorSpec, name: str) -> str:
-        shape = [d if d is not None else "None" for d in spec.shape.as_list()]
-        return f"{name}: {spec.dtype.name} {shape}".replace("'", "")
-
-    result = []
-    for name, function in sorted(loaded.signatures.items()):
-        inputs = tuple(
-            describe(s, n) for n, s in sorted(function.structured_input_signature[1].items())
-        )
-        outputs = tuple(describe(s, n) for n, s in sorted(function.structured_outputs.items()))
-        result.append(Signature(name, inputs, outputs))
-    return tuple(result)
 
 
 # ------------------------------------------------------------------------- gate

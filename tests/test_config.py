@@ -11,6 +11,7 @@ from trainer.config import (
     FineTuningConfig,
     HeadConfig,
     TrainingConfig,
+    recorded_input_size,
 )
 
 
@@ -151,3 +152,11 @@ def test_configs_are_frozen():
         TrainingConfig().epochs = 3  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
         TrainingConfig().head.dropout = 0.5  # type: ignore[misc]
+
+
+def test_recorded_input_size_needs_only_backbone_and_image_size():
+    recorded = {**TrainingConfig(image_size=96).to_dict(), "setting_of_a_later_version": 1}
+    assert recorded_input_size(recorded) == 96
+    assert recorded_input_size({"backbone": "vgg16"}) == 224
+    assert recorded_input_size({"backbone": "no_such_backbone"}) is None
+    assert recorded_input_size({"image_size": "big"}) is None

@@ -314,6 +314,19 @@ class TrainingConfig:
         return build_config(cls, values).validate()
 
 
+
+def recorded_input_size(settings: Mapping[str, Any]) -> int | None:
+    """The model input's side from recorded settings (`TrainingConfig.to_dict()`).
+
+    Only `backbone` and `image_size` decide it, so settings recorded by another
+    version of Transferline still give it; None when those two are unusable.
+    """
+    try:
+        known = {key: settings[key] for key in ("backbone", "image_size") if key in settings}
+        return build_config(TrainingConfig, known).input_size
+    except (ValueError, KeyError, TypeError):
+        return None
+
 _FIELD_TYPES = {
     "head": HeadConfig, "augmentation": AugmentationConfig, "fine_tuning": FineTuningConfig,
     "export": ExportConfig,
