@@ -418,7 +418,7 @@ class Executor(tfx_pusher_executor.Executor):
             model_path, base_directory, next_version(base_directory), model.uri, card
         )
         version = int(os.path.basename(serving_path))
-        io_utils.copy_dir(self.GetModelPath(input_dict), model_push.uri)
+        io_utils.copy_dir(model_path, model_push.uri)
         deleted = prune_versions(base_directory, keep, protect=version)
         write_models_config(serving_dir)
         self._MarkPushed(model_push, pushed_destination=serving_path, pushed_version=str(version))
