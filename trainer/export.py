@@ -29,6 +29,7 @@ SavedModel; see `export_tflite`.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -40,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 from absl import logging
+from tf_keras.src.saving.legacy.saved_model import utils as keras_saved_model_utils
 
 from trainer import features
 from trainer.config import DEFAULT_TFLITE_TOLERANCE, ExportConfig
@@ -68,6 +70,8 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _GIF_MAGICS = (b"GIF87a", b"GIF89a")
 _BMP_MAGIC = b"BM"
 _HEADER_BYTES = 32
+_EXAMPLE_IMAGES = f"{EXAMPLES_INPUT}.{features.IMAGE_KEY}"
+"""How errors name the images of a batch of tf.Examples."""
 
 
 class ExportError(RuntimeError):
@@ -140,27 +144,28 @@ def _declared_pixels(image_bytes: tf.Tensor, header: tf.Tensor, formats: dict) -
     return tf.where(formats["jpeg"], _jpeg_pixels(image_bytes, formats["jpeg"]), pixels)
 
 
-def _assert_none(bad: tf.Tensor, input_name: str, problem: str | tf.Tensor) -> tf.Operation:
+def _assert_none(
+    bad: tf.Tensor, input_name: str | tf.Tensor, problem: str | tf.Tensor
+) -> tf.Operation:
     """Fails naming the first bad image (`input_name[i]`) when any is bad."""
     # The first bad index (0 for an empty batch, refused on its own).
     first = tf.argmax(tf.concat([tf.cast(bad, tf.int32), [1]], 0), output_type=tf.int32)
     if isinstance(problem, tf.Tensor):
         problem = tf.gather(tf.concat([problem, [""]], 0), first)
-    message = tf.strings.join(
-        [f"{input_name}[", tf.strings.as_string(first), "]: ", problem]
-    )
+    message = tf.strings.join([input_name, "[", tf.strings.as_string(first), "]: ", problem])
     return tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [message])
 
 
 def check_encoded_images(
-    image_bytes: tf.Tensor, max_pixels: int, input_name: str = IMAGE_BYTES_INPUT
+    image_bytes: tf.Tensor, max_pixels: int, input_name: str | tf.Tensor = IMAGE_BYTES_INPUT
 ) -> tf.Tensor:
     """`image_bytes` once every image is known safe to decode.
 
     Args:
         image_bytes: String tensor [batch] of encoded images.
         max_pixels: Largest width x height an image may declare.
-        input_name: Named in error messages, e.g. ``image_bytes[3]: ...``.
+        input_name: Named in error messages, e.g. ``image_bytes[3]: ...``; a
+            string or a scalar string tensor.
 
     Returns:
         `image_bytes`, computed only after the checks passed.
@@ -185,7 +190,8 @@ def check_encoded_images(
     empty = tf.equal(lengths, 0)
     checks = [
         tf.debugging.Assert(
-            tf.size(image_bytes) > 0, [f"{input_name}: an empty batch (no images)"]
+            tf.size(image_bytes) > 0,
+            [tf.strings.join([input_name, ": an empty batch (no images)"])],
         ),
         _assert_none(empty, input_name, "empty input (0 bytes)"),
         _assert_none(
@@ -240,30 +246,41 @@ class _ServingModule(tf.Module):
         track_keras_model: bool = False,
     ) -> None:
         super().__init__()
-        self._classifier = _Untracked(classifier)
         if track_keras_model:
             self.classifier = classifier
         else:
             self.classifier_variables = list(classifier.variables)
         self.tft_layer = tf_transform_output.transform_features_layer()
         self.class_names = tf.Variable(class_names(tf_transform_output), trainable=False)
-        self._max_image_pixels = max_image_pixels
         raw_spec = tf_transform_output.raw_feature_spec()
         self._example_spec = {features.IMAGE_KEY: raw_spec[features.IMAGE_KEY]}
         self._labelled_example_spec = {
             key: raw_spec[key] for key in (features.IMAGE_KEY, features.LABEL_KEY)
         }
+        # Each piece is traced once and called by every signature that needs it:
+        # tracing the backbone, the Transform graph and the checks again for
+        # each signature was most of an export's time.
+        images = tf.TensorSpec([None], tf.string)
+        self._check = _Untracked(tf.function(
+            lambda image_bytes, input_name: check_encoded_images(
+                image_bytes, max_image_pixels, input_name),
+            input_signature=[images, tf.TensorSpec([], tf.string)], autograph=False,
+        ))
+        self._classify = _Untracked(tf.function(
+            functools.partial(self._classify_images, classifier),
+            input_signature=[images], autograph=False,
+        ))
 
-    def _checked(self, raw_features: dict[str, tf.Tensor], input_name: str) -> dict:
-        images = tf.reshape(raw_features[features.IMAGE_KEY], [-1])
-        images = check_encoded_images(images, self._max_image_pixels, input_name)
-        return {**raw_features, features.IMAGE_KEY: tf.reshape(images, [-1, 1])}
+    def _checked(self, image_bytes: tf.Tensor, input_name: str) -> tf.Tensor:
+        """`image_bytes` flattened to [batch], once the checks passed."""
+        return self._check.value(tf.reshape(image_bytes, [-1]), tf.constant(input_name))
 
-    def _classify(self, raw_features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        transformed = self.tft_layer(raw_features)
-        scores = self._classifier.value(
-            transformed[features.TRANSFORMED_IMAGE_KEY], training=False
-        )
+    def _classify_images(
+        self, classifier: tf.keras.Model, image_bytes: tf.Tensor
+    ) -> dict[str, tf.Tensor]:
+        """Checked encoded images [batch] -> class scores and the top class."""
+        transformed = self.tft_layer({features.IMAGE_KEY: tf.reshape(image_bytes, [-1, 1])})
+        scores = classifier(transformed[features.TRANSFORMED_IMAGE_KEY], training=False)
         batch_size = tf.shape(scores)[0]
         top = tf.argmax(scores, axis=1)
         return {
@@ -277,22 +294,22 @@ class _ServingModule(tf.Module):
         input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES_INPUT)], autograph=False
     )
     def serve_image_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        raw = {features.IMAGE_KEY: tf.reshape(image_bytes, [-1, 1])}
-        return self._classify(self._checked(raw, IMAGE_BYTES_INPUT))
+        return self._classify.value(self._checked(image_bytes, IMAGE_BYTES_INPUT))
 
     @tf.function(
         input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)], autograph=False
     )
     def serve_examples(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
         raw = tf.io.parse_example(examples, self._example_spec)
-        return self._classify(self._checked(raw, f"{EXAMPLES_INPUT}.{features.IMAGE_KEY}"))
+        return self._classify.value(self._checked(raw[features.IMAGE_KEY], _EXAMPLE_IMAGES))
 
     @tf.function(
         input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)], autograph=False
     )
     def transform_features(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
         raw = tf.io.parse_example(examples, self._labelled_example_spec)
-        return self.tft_layer(self._checked(raw, f"{EXAMPLES_INPUT}.{features.IMAGE_KEY}"))
+        images = self._checked(raw[features.IMAGE_KEY], _EXAMPLE_IMAGES)
+        return self.tft_layer({**raw, features.IMAGE_KEY: tf.reshape(images, [-1, 1])})
 
 
 def export_serving_model(
@@ -371,15 +388,19 @@ def read_training_record(export_dir: str) -> dict[str, Any]:
 
 
 def _save(module: _ServingModule, export_dir: str) -> None:
-    tf.saved_model.save(
-        module,
-        export_dir,
-        signatures={
-            SERVING_DEFAULT: module.serve_image_bytes,
-            SERVING_EXAMPLES: module.serve_examples,
-            TRANSFORM_FEATURES: module.transform_features,
-        },
-    )
+    # The Transform layer is a Keras model: saving it as one would trace its
+    # call, through AutoGraph, into functions no signature uses (most of a
+    # cold export's time). Its tables and assets are saved either way.
+    with keras_saved_model_utils.keras_option_scope(save_traces=False):
+        tf.saved_model.save(
+            module,
+            export_dir,
+            signatures={
+                SERVING_DEFAULT: module.serve_image_bytes,
+                SERVING_EXAMPLES: module.serve_examples,
+                TRANSFORM_FEATURES: module.transform_features,
+            },
+        )
 
 
 # ------------------------------------------------------------------------ TFLite
