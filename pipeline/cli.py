@@ -76,6 +76,9 @@ def _add_run_parser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--image-size", type=int, help="default: the backbone's")
     run.add_argument("--batch-size", type=int)
     run.add_argument("--learning-rate", type=float)
+    run.add_argument("--feature-engine",
+                     help="what runs the frozen backbone once for cached training: 'auto' "
+                          "(default: TFLite's XNNPACK on CPU-only hosts), 'tensorflow', 'tflite'")
     run.add_argument("--max-image-pixels", type=int, metavar="N",
                      help="pixel budget of one served image: the model refuses an image "
                           "declaring more (default 40000000)")

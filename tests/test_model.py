@@ -15,7 +15,14 @@ import tensorflow_transform as tft
 
 from tests import trainer_testing
 from trainer import export, model
-from trainer.config import ExportConfig, FineTuningConfig, HeadConfig, TrainingConfig
+from trainer.config import (
+    FEATURE_ENGINE_TENSORFLOW,
+    FEATURE_ENGINE_TFLITE,
+    ExportConfig,
+    FineTuningConfig,
+    HeadConfig,
+    TrainingConfig,
+)
 
 # Full-batch SGD without dropout: the fast and the plain path then take the
 # same steps, so they must end with the same model, up to float rounding (which
@@ -53,9 +60,12 @@ def test_fast_path_is_the_default_for_both_phases(fast_and_plain):
     _, history = fast_and_plain["fast"]
     assert history["path"] == {model.HEAD_PHASE: model.PATH_CACHED,
                                model.FINE_TUNING_PHASE: model.PATH_CACHED}
+    # A CPU-only machine caches on TFLite; the plain path caches nothing.
+    assert history["feature_engine"] == FEATURE_ENGINE_TFLITE
     _, plain_history = fast_and_plain["plain"]
     assert plain_history["path"] == {model.HEAD_PHASE: model.PATH_END_TO_END,
                                      model.FINE_TUNING_PHASE: model.PATH_END_TO_END}
+    assert "feature_engine" not in plain_history
 
 
 def test_fast_path_trains_the_same_model_as_the_plain_path(fast_and_plain):
@@ -122,6 +132,7 @@ def test_binary_head_exports_two_scores_the_evaluator_reads(binary_mixed_precisi
 def test_mixed_precision_training_exports_a_float32_model(binary_mixed_precision_run):
     fn_args, history = binary_mixed_precision_run
     assert history["path"] == {model.HEAD_PHASE: model.PATH_CACHED}
+    assert history["feature_engine"] == FEATURE_ENGINE_TENSORFLOW  # float16 compute
     checkpoint = tf.train.load_checkpoint(
         os.path.join(fn_args.serving_model_dir, "variables", "variables"))
     dtypes = set(checkpoint.get_variable_to_dtype_map().values())

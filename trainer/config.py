@@ -26,6 +26,10 @@ POOLINGS = ("avg", "max", "flatten")
 CLASS_WEIGHTS_NONE = "none"
 CLASS_WEIGHTS_AUTO = "auto"
 MIXED_PRECISION_MODES = ("auto", "on", "off")
+FEATURE_ENGINE_AUTO = "auto"
+FEATURE_ENGINE_TENSORFLOW = "tensorflow"
+FEATURE_ENGINE_TFLITE = "tflite"
+FEATURE_ENGINES = (FEATURE_ENGINE_AUTO, FEATURE_ENGINE_TENSORFLOW, FEATURE_ENGINE_TFLITE)
 UNFREEZE_ALL = "all"
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 """Largest width x height a served image may declare (a 48 MP photo is 48e6)."""
@@ -212,6 +216,11 @@ class TrainingConfig:
             its cached output when nothing in it trains and there is no
             augmentation (the same model, much faster). False always runs the
             backbone on every batch.
+        feature_engine: What computes the cached outputs: "auto" (TFLite's
+            XNNPACK kernels on a CPU-only host, several times faster there;
+            TensorFlow on GPUs, across replicas or with mixed precision),
+            "tensorflow" or "tflite" (see `trainer.feature_engine`). The model
+            trains and is exported in TensorFlow either way.
         mixed_precision: "auto" (float16 compute on GPUs, float32 otherwise),
             "on" or "off". The exported model always computes in float32.
         seed: Seed for initialisation, shuffling, dropout and augmentation.
@@ -238,6 +247,7 @@ class TrainingConfig:
     augmentation: AugmentationConfig = AugmentationConfig()
     fine_tuning: FineTuningConfig = FineTuningConfig()
     cache_features: bool = True
+    feature_engine: str = FEATURE_ENGINE_AUTO
     mixed_precision: str = "auto"
     seed: int = 0
     export: ExportConfig = ExportConfig()
@@ -284,6 +294,9 @@ class TrainingConfig:
         _check_class_weights(self.class_weights)
         self.augmentation.validate()
         self.fine_tuning.validate()
+        _require(self.feature_engine in FEATURE_ENGINES,
+                 f"feature_engine must be one of {FEATURE_ENGINES}, "
+                 f"got {self.feature_engine!r}")
         _require(self.mixed_precision in MIXED_PRECISION_MODES,
                  f"mixed_precision must be one of {MIXED_PRECISION_MODES}, "
                  f"got {self.mixed_precision!r}")

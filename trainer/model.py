@@ -32,8 +32,15 @@ from absl import logging
 from tfx import v1 as tfx
 
 from trainer import augmentation, backbones, export, features, fine_tuning, training, warm_start
+from trainer import feature_engine as feature_engines
 from trainer import strategy as strategies
-from trainer.config import CLASS_WEIGHTS_AUTO, CLASS_WEIGHTS_NONE, TrainingConfig
+from trainer.config import (
+    CLASS_WEIGHTS_AUTO,
+    CLASS_WEIGHTS_NONE,
+    FEATURE_ENGINE_TENSORFLOW,
+    FEATURE_ENGINE_TFLITE,
+    TrainingConfig,
+)
 from trainer.data import EVAL, TRAIN, TrainingData
 
 HISTORY_FILE = "history.json"
@@ -290,6 +297,7 @@ class _PhaseRunner:
         self.class_weight = class_weight
         self.model_run_dir = model_run_dir
         self.examples = sum(int(c.sum()) for c in counts.values())
+        self.train_examples = int(counts[TRAIN].sum())
         self.history: dict[str, Any] = {"path": {}, "best": None}
         self._boundary_cache: _Cache | None = None
         self._split = None
@@ -357,7 +365,16 @@ class _PhaseRunner:
         return self._extract_cache(pooled)
 
     def _extract_cache(self, feature_model: tf.keras.Model) -> _Cache:
-        """Runs `feature_model` once over every train and eval image."""
+        """Runs `feature_model` once over every train and eval image.
+
+        On the engine `config.feature_engine` chooses (see `trainer.feature_engine`).
+        """
+        engine = feature_engines.tflite_or_none(
+            feature_model, self.config.feature_engine, self._check_images)
+        self.history["feature_engine"] = (
+            FEATURE_ENGINE_TENSORFLOW if engine is None else FEATURE_ENGINE_TFLITE)
+        if engine is not None:
+            return _Cache(*(self._run_engine(engine, split) for split in (TRAIN, EVAL)))
         images = tf.keras.Input(shape=feature_model.input_shape[1:], name="images")
         labels = tf.keras.Input(shape=(), dtype=tf.int64, name="labels")
         outputs = tf.nest.flatten(feature_model(images, training=False))
@@ -373,6 +390,24 @@ class _PhaseRunner:
             return arrays, label_ids
 
         return _Cache(train=run(TRAIN), eval=run(EVAL))
+
+    def _check_images(self) -> np.ndarray:
+        """A few transformed training images, to check a feature engine on."""
+        batch = self.data.images_and_labels(TRAIN, feature_engines.CHECK_IMAGES).take(1)
+        return next(iter(batch))[0].numpy()
+
+    def _run_engine(
+        self, engine: feature_engines.TFLiteModel, split: str
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """`engine`'s outputs for every image of `split`, and the label ids."""
+        outputs, labels = [], []
+        batches = self.data.images_and_labels(split, FEATURE_BATCH_SIZE)
+        for images, label_ids in batches.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+            if len(label_ids):
+                outputs.append(engine(images))
+                labels.append(label_ids)
+        arrays = [np.concatenate(output) for output in zip(*outputs, strict=True)]
+        return arrays, np.concatenate(labels)
 
     def _predict(
         self, model: tf.keras.Model, cached: tuple[list[np.ndarray], np.ndarray]
@@ -417,7 +452,8 @@ class _PhaseRunner:
     def _compile(self, model: tf.keras.Model, path: str, learning_rate: float) -> None:
         training.compile_for_training(
             model, self.config.optimizer, learning_rate,
-            steps_per_execution=training.ARRAY_STEPS_PER_EXECUTION if path == PATH_CACHED else 1,
+            steps_per_execution=training.array_steps_per_execution(
+                self.train_examples, self.config.batch_size) if path == PATH_CACHED else 1,
         )
 
     def _fit(self, phase: str, path: str, model: tf.keras.Model, train: Any, validation: Any,
