@@ -452,7 +452,7 @@ def export_tflite(
         model_bytes = converter.convert()
     except Exception as error:  # noqa: BLE001 (the converter raises many types)
         raise ExportError(
-            f"TFLite conversion of the classifier failed ({_one_line(error)}); "
+            f"TFLite conversion of the classifier failed ({one_line(error)}); "
             "set training.export.tflite: false to export the SavedModel only"
         ) from error
     directory = os.path.join(export_dir, ASSETS_EXTRA)
@@ -515,7 +515,8 @@ def tflite_max_difference(
     return difference
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
+    """An exception as one line: its type and the last line of its message."""
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[-1] if lines else ''}"
 

@@ -7,8 +7,9 @@ Two engines compute the same function:
 * ``tflite``: the frozen model converted to TensorFlow Lite and run by its
   XNNPACK CPU kernels, which are several times faster than TensorFlow's own on
   CPUs for the depthwise and 1x1 convolutions of mobile backbones
-  (EfficientNet-Lite0 at 96 px on 2 cores: 37 s -> 15 s per 10 000 images).
-  The conversion freezes the weights into a flatbuffer in memory (about 2 s).
+  (EfficientNet-Lite0 at 96 px on 2 cores: 37 s -> 17 s per 10 000 images).
+  The conversion freezes the weights into a flatbuffer in memory (about 3.5 s
+  there, with the check below).
 
 ``auto`` (the default) takes TFLite where it can only help: no GPU, one
 replica, float32 compute. Every TFLite model is checked against the Keras model
@@ -36,6 +37,7 @@ from trainer.config import (
     FEATURE_ENGINE_TENSORFLOW,
     FEATURE_ENGINE_TFLITE,
 )
+from trainer.export import one_line
 
 CHECK_IMAGES = 8
 """Training images each TFLite model is checked on against the Keras model."""
@@ -121,7 +123,7 @@ class TFLiteModel:
             content = tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert()
         except Exception as error:  # noqa: BLE001 (the converter raises many types)
             raise FeatureEngineError(
-                f"TFLite cannot convert {model.name}: {_one_line(error)}") from error
+                f"TFLite cannot convert {model.name}: {one_line(error)}") from error
         self._interpreter = tf.lite.Interpreter(
             model_content=content, num_threads=num_threads or cpu_threads())
         (self._input,) = self._interpreter.get_input_details()
@@ -199,7 +201,3 @@ def tflite_or_none(
         logging.warning("Caching %s's outputs with TensorFlow: %s", model.name, error)
         return None
 
-
-def _one_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[-1] if lines else ''}"
