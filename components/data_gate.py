@@ -51,8 +51,6 @@ REPORT_PROPERTY = "data_gate_report"
 
 SCHEMA_FILE = "schema.pbtxt"
 _ANOMALIES_FILE = "SchemaDiff.pb"  # What ExampleValidator writes per split.
-_TRAIN_SPLIT = "train"
-_EVAL_SPLIT = "eval"
 
 
 class DataGateError(RuntimeError):
@@ -214,26 +212,26 @@ def evaluate(
                  for split, n in examples_per_split.items() if n == 0]
     problems += _validator_problems(anomalies)
 
-    train = counts.get(_TRAIN_SPLIT, {})
+    train = counts.get(features.TRAIN_SPLIT, {})
     classes = _schema_classes(schema, label_feature)
     if classes is None:
         classes = sorted({label for split_counts in counts.values() for label in split_counts})
     problems += [f"class {label!r} is in the schema but has no training examples"
                  for label in classes if not train.get(label)]
-    if _EVAL_SPLIT in counts:
+    if features.EVAL_SPLIT in counts:
         warnings += [f"class {label!r} has no eval examples: its accuracy goes unmeasured"
                      for label in classes
-                     if train.get(label) and not counts[_EVAL_SPLIT].get(label)]
+                     if train.get(label) and not counts[features.EVAL_SPLIT].get(label)]
 
     drift = None
-    if previous is not None and _TRAIN_SPLIT in statistics:
+    if previous is not None and features.TRAIN_SPLIT in statistics:
         previous_counts = label_counts(previous, label_feature)
         problems += [f"class {label!r} of span {previous_span} has no examples in span {span}"
                      for label, n in previous_counts.items() if n and not train.get(label)]
         warnings += [f"class {label!r} is new in span {span} (not in span {previous_span})"
                      for label in train if not previous_counts.get(label)]
         drift, description, drifted = label_drift(
-            statistics[_TRAIN_SPLIT], previous, schema, label_feature, max_label_drift
+            statistics[features.TRAIN_SPLIT], previous, schema, label_feature, max_label_drift
         )
         if drifted:
             problems.append(
@@ -303,10 +301,11 @@ class Executor(base_executor.BaseExecutor):
             input_dict.get(PREVIOUS_STATISTICS_KEY, []), stats_artifact.span
         )
         previous = None
-        if previous_artifact is not None and _TRAIN_SPLIT in artifact_utils.decode_split_names(
+        train = features.TRAIN_SPLIT
+        if previous_artifact is not None and train in artifact_utils.decode_split_names(
             previous_artifact.split_names
         ):
-            previous = stats_artifact_utils.load_statistics(previous_artifact, _TRAIN_SPLIT).proto()
+            previous = stats_artifact_utils.load_statistics(previous_artifact, train).proto()
         report = evaluate(
             statistics=statistics,
             schema=schema,

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from components import file_systems, image_files
+from trainer.features import EVAL_SPLIT, TEST_SPLIT, TRAIN_SPLIT
 
 LAYOUT_CLASSES = "classes"
 LAYOUT_PRESPLIT = "presplit"
@@ -38,9 +39,6 @@ SPAN_FOLDER = "span-{SPAN}"
 """The span folder pattern, TFX's `{SPAN}` spec: span-1, span-2, ... (no zero padding)."""
 _SPAN_FOLDER_RE = re.compile(r"span-(\d+)")
 
-TRAIN_SPLIT = "train"
-EVAL_SPLIT = "eval"
-TEST_SPLIT = "test"
 ALL_SPLIT = "all"
 EVAL_FOLDER_NAMES = ("val", "eval")
 SPLIT_ORDER = (TRAIN_SPLIT, EVAL_SPLIT, TEST_SPLIT)

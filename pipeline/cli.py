@@ -138,9 +138,9 @@ def _add_report_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from components.config import GateConfig, IngestConfig
     from components.image_folder_example_gen import IngestionError, precheck_data_root
     from pipeline import local_runner
-    from pipeline.config import GateConfig, IngestConfig
     from trainer.config import TrainingConfig
 
     try:
@@ -191,7 +191,7 @@ def _unfit_data_error(error: BaseException) -> BaseException | None:
 def _read_config_file(path: str) -> dict[str, dict]:
     """The training, ingest and gate sections of a --config file (a kubeflow section,
     read by `transferline compile`, may be there too)."""
-    from pipeline.config import GateConfig, IngestConfig
+    from components.config import GateConfig, IngestConfig
     from trainer.config import TrainingConfig
     from trainer.config_file import read_config_file
 

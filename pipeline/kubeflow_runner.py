@@ -29,7 +29,7 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from pipeline.config import GateConfig, IngestConfig
+from components.config import GateConfig, IngestConfig
 
 if TYPE_CHECKING:
     from trainer.config import TrainingConfig  # imports TensorFlow

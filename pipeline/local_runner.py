@@ -11,8 +11,8 @@ from typing import Any
 from ml_metadata import metadata_store
 from tfx import v1 as tfx
 
+from components.config import GateConfig, IngestConfig
 from pipeline import run_summary
-from pipeline.config import GateConfig, IngestConfig
 from pipeline.pipeline import create_pipeline
 from trainer.config import TrainingConfig
 

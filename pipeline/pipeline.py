@@ -12,6 +12,7 @@ from tfx import v1 as tfx
 from tfx.dsl.input_resolution import canned_resolver_functions
 
 from components import image_files
+from components.config import GateConfig, IngestConfig
 from components.data_gate import CHECKED_SCHEMA_KEY, DataGate
 from components.image_folder_example_gen import (
     ImageFolderExampleGen,
@@ -23,7 +24,6 @@ from components.image_folder_example_gen import (
     make_range_config,
 )
 from components.serving_pusher import KEEP_VERSIONS_KEY, ServingPusher
-from pipeline.config import GateConfig, IngestConfig
 from pipeline.warm_start_resolver import BlessedBeforeDataStrategy
 from trainer import export, features
 from trainer.config import TrainingConfig

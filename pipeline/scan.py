@@ -35,7 +35,7 @@ _CONFLICT = "skipped: label conflict"
 
 @dataclasses.dataclass(frozen=True)
 class ScanSettings:
-    """What a scan applies; the defaults are ingestion's (see pipeline.config.IngestConfig).
+    """What a scan applies; the defaults are ingestion's (see components.config.IngestConfig).
 
     Attributes:
         span: With span-<N> folders, the span to scan; 0 means the latest.
@@ -56,7 +56,7 @@ class ScanSettings:
 
     def validate(self) -> ScanSettings:
         """Raises ValueError naming an impossible setting; returns self."""
-        from pipeline.config import IngestConfig  # The same bounds as a run.
+        from components.config import IngestConfig  # The same bounds as a run.
 
         IngestConfig(
             eval_percent=self.eval_percent, test_percent=self.test_percent,

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from pipeline.config import GateConfig, IngestConfig
+from components.config import GateConfig, IngestConfig
 from trainer.config import (
     AugmentationConfig,
     ExportConfig,

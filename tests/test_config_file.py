@@ -5,8 +5,8 @@ import pathlib
 
 import pytest
 
+from components.config import GateConfig, IngestConfig
 from pipeline import cli
-from pipeline.config import GateConfig, IngestConfig
 from tests.conftest import write_class_folder
 from trainer.config import HeadConfig, TrainingConfig
 from trainer.config_file import ConfigError, build_config, read_config_file

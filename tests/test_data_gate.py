@@ -188,7 +188,7 @@ def test_component_refuses_impossible_settings():
 def _compiled_nodes(data_root, **ingest):
     from tfx.dsl.compiler import compiler
 
-    from pipeline.config import IngestConfig
+    from components.config import IngestConfig
     from pipeline.pipeline import create_pipeline
 
     pipeline = create_pipeline(

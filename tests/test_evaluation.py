@@ -7,9 +7,9 @@ gets and the helpers that read its output, in a second.
 import pytest
 import tensorflow_model_analysis as tfma
 
+from components.config import GateConfig
 from pipeline import evaluation
 from pipeline import pipeline as pipeline_def
-from pipeline.config import GateConfig
 
 
 def _thresholds(gate):

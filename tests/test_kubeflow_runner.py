@@ -12,9 +12,9 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
+from components.config import IngestConfig
 from pipeline import kubeflow_runner
 from pipeline import pipeline as transferline
-from pipeline.config import IngestConfig
 from pipeline.kubeflow_runner import KubeflowConfig
 from trainer.config import TrainingConfig
 from trainer.config_file import build_config

@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 
+from components.config import IngestConfig
 from pipeline import pipeline as pipeline_def
-from pipeline.config import IngestConfig
 from trainer.config import HeadConfig, TrainingConfig
 
 

@@ -5,8 +5,8 @@ import dataclasses
 
 from tfx.types import standard_artifacts
 
+from components.config import GateConfig
 from pipeline import pipeline as pipeline_def
-from pipeline.config import GateConfig
 from pipeline.warm_start_resolver import BlessedBeforeDataStrategy
 from trainer.config import TrainingConfig
 

@@ -32,7 +32,7 @@ RAW_SPEC = {
     features.IMAGE_KEY: tf.io.FixedLenFeature([1], tf.string),
     features.LABEL_KEY: tf.io.FixedLenFeature([1], tf.string),
 }
-SPLITS = ("train", "eval")
+SPLITS = (features.TRAIN_SPLIT, features.EVAL_SPLIT)
 
 Row = tuple[bytes, str]  # (encoded image, label)
 

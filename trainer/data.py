@@ -19,8 +19,6 @@ from tfx_bsl.public import tfxio
 
 from trainer import export, features
 
-TRAIN = "train"
-EVAL = "eval"
 _LABEL_COUNT_BATCH_SIZE = 1024
 
 
@@ -29,7 +27,7 @@ class TrainingData:
     """The train and eval examples of one Trainer run, and how to read them.
 
     Attributes:
-        files: File patterns per split (TRAIN, EVAL).
+        files: File patterns per split (features.TRAIN_SPLIT, features.EVAL_SPLIT).
         data_accessor: TFX's reader of the examples.
         tf_transform_output: The Transform graph and its vocabulary.
     """
@@ -41,7 +39,10 @@ class TrainingData:
     @classmethod
     def from_fn_args(cls, fn_args: tfx.components.FnArgs) -> TrainingData:
         return cls(
-            files={TRAIN: list(fn_args.train_files), EVAL: list(fn_args.eval_files)},
+            files={
+                features.TRAIN_SPLIT: list(fn_args.train_files),
+                features.EVAL_SPLIT: list(fn_args.eval_files),
+            },
             data_accessor=fn_args.data_accessor,
             tf_transform_output=tft.TFTransformOutput(fn_args.transform_output),
         )

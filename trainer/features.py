@@ -12,6 +12,15 @@ PATH_KEY = "relative_path"
 HASH_KEY = "content_hash"
 """SHA-256 of the source file's bytes; decides the train/eval split."""
 
+TRAIN_SPLIT = "train"
+"""The split the Trainer fits on."""
+
+EVAL_SPLIT = "eval"
+"""The split the Trainer validates on and the Evaluator gates on."""
+
+TEST_SPLIT = "test"
+"""An optional held-out split, for reporting only."""
+
 LABEL_VOCABULARY = "label"
 """Name of the label vocabulary file Transform writes."""
 

@@ -41,12 +41,13 @@ from trainer.config import (
     FEATURE_ENGINE_TFLITE,
     TrainingConfig,
 )
-from trainer.data import EVAL, TRAIN, TrainingData
+from trainer.data import TrainingData
 
 HISTORY_FILE = "history.json"
 FEATURE_BATCH_SIZE = 64
 HEAD_PHASE = "head"
 FINE_TUNING_PHASE = "fine_tuning"
+_SPLITS = (features.TRAIN_SPLIT, features.EVAL_SPLIT)
 PATH_CACHED = "cached_features"
 PATH_END_TO_END = "end_to_end"
 _POOL_LAYER = "pool"
@@ -98,9 +99,9 @@ def train_and_export(
     config = TrainingConfig.from_dict(fn_args.custom_config)
     tf.keras.utils.set_random_seed(config.seed)
     data = TrainingData.from_fn_args(fn_args)
-    counts = {split: data.label_counts(split) for split in (TRAIN, EVAL)}
+    counts = {split: data.label_counts(split) for split in _SPLITS}
     check_classes(config, data.class_names)
-    class_weight = class_weights(config, data.class_names, counts[TRAIN])
+    class_weight = class_weights(config, data.class_names, counts[features.TRAIN_SPLIT])
     strategy = strategy or strategies.make_strategy()
     fn_args = strategies.for_this_worker(fn_args, strategy)
     mixed = strategies.use_mixed_precision(config.mixed_precision)
@@ -297,7 +298,7 @@ class _PhaseRunner:
         self.class_weight = class_weight
         self.model_run_dir = model_run_dir
         self.examples = sum(int(c.sum()) for c in counts.values())
-        self.train_examples = int(counts[TRAIN].sum())
+        self.train_examples = int(counts[features.TRAIN_SPLIT].sum())
         self.history: dict[str, Any] = {"path": {}, "best": None}
         self._boundary_cache: _Cache | None = None
         self._split = None
@@ -374,7 +375,7 @@ class _PhaseRunner:
         self.history["feature_engine"] = (
             FEATURE_ENGINE_TENSORFLOW if engine is None else FEATURE_ENGINE_TFLITE)
         if engine is not None:
-            return _Cache(*(self._run_engine(engine, split) for split in (TRAIN, EVAL)))
+            return _Cache(*(self._run_engine(engine, split) for split in _SPLITS))
         images = tf.keras.Input(shape=feature_model.input_shape[1:], name="images")
         labels = tf.keras.Input(shape=(), dtype=tf.int64, name="labels")
         outputs = tf.nest.flatten(feature_model(images, training=False))
@@ -389,11 +390,12 @@ class _PhaseRunner:
             *arrays, label_ids = extractor.predict(batches, verbose=0)
             return arrays, label_ids
 
-        return _Cache(train=run(TRAIN), eval=run(EVAL))
+        return _Cache(train=run(features.TRAIN_SPLIT), eval=run(features.EVAL_SPLIT))
 
     def _check_images(self) -> np.ndarray:
         """A few transformed training images, to check a feature engine on."""
-        batch = self.data.images_and_labels(TRAIN, feature_engines.CHECK_IMAGES).take(1)
+        batch = self.data.images_and_labels(features.TRAIN_SPLIT, feature_engines.CHECK_IMAGES)
+        batch = batch.take(1)
         return next(iter(batch))[0].numpy()
 
     def _run_engine(
@@ -425,9 +427,9 @@ class _PhaseRunner:
         """Training batches (shuffled, augmented) and validation batches of images."""
         config = self.config
         train = self.data.images_and_labels(
-            TRAIN, config.batch_size, shuffle=True, seed=config.seed)
+            features.TRAIN_SPLIT, config.batch_size, shuffle=True, seed=config.seed)
         train = augmentation.augment_batches(train, config.augmentation, config.seed)
-        validation = self.data.images_and_labels(EVAL, config.batch_size)
+        validation = self.data.images_and_labels(features.EVAL_SPLIT, config.batch_size)
         return train.prefetch(tf.data.AUTOTUNE), validation.prefetch(tf.data.AUTOTUNE)
 
     def _cache_applies(self, shapes: Any, dtype: tf.DType) -> bool:

@@ -1,4 +1,5 @@
-"""Typed pipeline settings beyond training: ingestion and the blessing gate."""
+"""Typed settings of our TFX components: ingestion (ImageFolderExampleGen, DataGate)
+and the blessing gate (Evaluator, Pusher)."""
 
 from __future__ import annotations
 
