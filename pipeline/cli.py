@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
 import sys
 import time
 import warnings
+
+from pipeline import settings
+from pipeline.names import MODEL_NAME
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -63,49 +65,9 @@ def _add_run_parser(subparsers: argparse._SubParsersAction) -> None:
     run.set_defaults(handler=_run)
     run.add_argument("--data", required=True, help="image folder: one subfolder per class")
     run.add_argument("--workdir", required=True, help="artifacts, ML Metadata and pushed models")
-    run.add_argument("--model-name", default="transferline", help="name under the serving dir")
-    run.add_argument("--config", metavar="FILE",
-                     help="YAML settings in training/ingest/gate sections (e.g. a file of "
-                          "recipes/); the flags below override it")
-    # Settings default to None here: their defaults live once, in the config classes.
-    run.add_argument("--backbone", help="efficientnet_lite0 (default), vgg16, ... (README), "
-                                        "or hub:DIR for a TF-Hub feature-vector SavedModel")
-    run.add_argument("--weights",
-                     help="'imagenet' (default), 'package', 'none', or a local weights file")
-    run.add_argument("--epochs", type=int)
-    run.add_argument("--image-size", type=int, help="default: the backbone's")
-    run.add_argument("--batch-size", type=int)
-    run.add_argument("--learning-rate", type=float)
-    run.add_argument("--feature-engine",
-                     help="what runs the frozen backbone once for cached training: 'auto' "
-                          "(default: TFLite's XNNPACK on CPU-only hosts), 'tensorflow', 'tflite'")
-    run.add_argument("--max-image-pixels", type=int, metavar="N",
-                     help="pixel budget of one served image: the model refuses an image "
-                          "declaring more (default 40000000)")
-    run.add_argument("--tflite", action="store_true", default=None,
-                     help="also export a TFLite model beside the SavedModel, checked to agree")
-    run.add_argument("--no-warm-start", dest="warm_start", action="store_const", const=False,
-                     help="train from scratch, not from the last blessed model's weights")
-    run.add_argument("--min-accuracy", type=float, help="absolute blessing bound")
-    run.add_argument("--max-accuracy-drop", type=float,
-                     help="largest accepted accuracy drop against the last blessed model")
-    run.add_argument("--min-class-recall", type=float,
-                     help="blessing bound on every class's recall (default 0: off)")
-    run.add_argument("--accuracy-top-k", type=int,
-                     help="k of the reported top-k accuracy (default 5; shown with > k classes)")
-    run.add_argument("--keep-versions", type=int,
-                     help="pushed versions kept under the serving dir (default 5)")
-    run.add_argument("--eval-percent", type=int, help="eval share when the folder is not split")
-    run.add_argument("--test-percent", type=int,
-                     help="test share (for reporting) when the folder is not split; default 0")
-    run.add_argument("--min-images-per-class", type=int)
-    run.add_argument("--span", type=int,
-                     help="with span-N folders: the span to ingest (default latest)")
-    run.add_argument("--span-window", type=int,
-                     help="with span-N folders: train on the last N spans ingested (default 1)")
-    run.add_argument("--min-examples", type=int, help="data gate: fewest examples to train on")
-    run.add_argument("--max-label-drift", type=float,
-                     help="data gate: largest L-infinity label drift from the previous span")
+    run.add_argument("--model-name", default=MODEL_NAME,
+                     help="name under the serving dir (default: %(default)s)")
+    settings.add_settings_flags(run, settings.LOCAL_SECTIONS)
     run.add_argument("--beam-arg", action="append", default=None, metavar="ARG",
                      help="Beam pipeline argument, repeatable "
                           "(e.g. --beam-arg=--runner=FlinkRunner)")
@@ -138,18 +100,12 @@ def _add_report_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from components.config import GateConfig, IngestConfig
     from components.image_folder_example_gen import IngestionError, precheck_data_root
     from pipeline import local_runner
-    from trainer.config import TrainingConfig
 
     try:
-        sections = _read_config_file(args.config) if args.config else {}
-        training_values = _with_export_flags(args, sections.get("training"))
-        training = _config_from_flags(TrainingConfig, args, training_values).validate()
-        ingest = _config_from_flags(IngestConfig, args, sections.get("ingest")).validate()
-        gate = _config_from_flags(GateConfig, args, sections.get("gate")).validate()
-        precheck_data_root(args.data, span=ingest.span)
+        configs = settings.settings_from_args(args, settings.LOCAL_SECTIONS)
+        precheck_data_root(args.data, span=configs[settings.INGEST].span)
     except (ValueError, IngestionError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -158,7 +114,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         summary = local_runner.run_local(
             data_root=args.data, workdir=args.workdir, model_name=args.model_name,
-            training=training, ingest=ingest, gate=gate,
+            training=configs[settings.TRAINING], ingest=configs[settings.INGEST],
+            gate=configs[settings.GATE],
             beam_pipeline_args=args.beam_arg or local_runner.DEFAULT_BEAM_ARGS,
         )
     except Exception as error:  # noqa: BLE001 (one line instead of a traceback; --verbose shows it)
@@ -186,48 +143,6 @@ def _unfit_data_error(error: BaseException) -> BaseException | None:
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None
-
-
-def _read_config_file(path: str) -> dict[str, dict]:
-    """The training, ingest and gate sections of a --config file (a kubeflow section,
-    read by `transferline compile`, may be there too)."""
-    from components.config import GateConfig, IngestConfig
-    from trainer.config import TrainingConfig
-    from trainer.config_file import read_config_file
-
-    sections = {"training": TrainingConfig, "ingest": IngestConfig, "gate": GateConfig}
-    return read_config_file(path, sections, ignored_sections=("kubeflow",))
-
-
-def _config_from_flags(config_class: type, args: argparse.Namespace, file_values=None):
-    """`config_class` from the config file's values with the flags the user gave on
-    top; the class's defaults for the rest."""
-    from trainer.config_file import build_config
-
-    given = {
-        field.name: getattr(args, field.name)
-        for field in dataclasses.fields(config_class)
-        if getattr(args, field.name, None) is not None
-    }
-    return build_config(config_class, {**(file_values or {}), **given})
-
-
-_EXPORT_FLAGS = ("max_image_pixels", "tflite")
-"""Flags that set `training.export` settings of the same name."""
-
-
-def _with_export_flags(args: argparse.Namespace, training_values: dict | None) -> dict | None:
-    """The config file's training settings with the export flags given on top."""
-    given = {
-        name: getattr(args, name)
-        for name in _EXPORT_FLAGS
-        if getattr(args, name, None) is not None
-    }
-    if not given:
-        return training_values
-    values = dict(training_values or {})
-    values["export"] = {**(values.get("export") or {}), **given}
-    return values
 
 
 def _one_line(error: BaseException) -> str:
@@ -349,8 +264,8 @@ def _ignore_tf_shutdown_noise(unraisable) -> None:
     sys.__unraisablehook__(unraisable)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `transferline` command."""
+def build_parser() -> argparse.ArgumentParser:
+    """The `transferline` command line: every subcommand and its flags."""
     parser = argparse.ArgumentParser(prog="transferline", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_run_parser(subparsers)
@@ -360,7 +275,12 @@ def main(argv: list[str] | None = None) -> int:
 
     scan.register(subparsers)
     kubeflow_cli.register(subparsers)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `transferline` command."""
+    args = build_parser().parse_args(argv)
     _configure_logging(getattr(args, "verbose", False))
     sys.unraisablehook = _ignore_tf_shutdown_noise
     return args.handler(args)

@@ -1,7 +1,8 @@
 """`transferline compile | submit | schedule`: the pipeline on Kubeflow Pipelines.
 
-Only argparse is imported here; the handlers import the runner, so `transferline
---help` stays fast.
+Only argparse and the settings table are imported here; the handlers import the
+compiler and the KFP client, so `transferline --help` stays fast. The settings flags
+(cluster, training, ingest, gate) are `pipeline.settings`'s, the same as `run`'s.
 """
 
 from __future__ import annotations
@@ -13,32 +14,16 @@ import tempfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from pipeline import settings
+from pipeline.names import EXPERIMENT_NAME
+
 if TYPE_CHECKING:
-    from pipeline.kubeflow_runner import CompiledPackage, KubeflowConfig
+    from pipeline.kubeflow_compile import CompiledPackage
+    from pipeline.kubeflow_settings import KubeflowConfig
 
 EXIT_BAD_INPUT = 2
 EXIT_KUBEFLOW_FAILED = 1
 HOST_ENV = "KF_PIPELINES_ENDPOINT"  # kfp.Client's own variable
-
-# Flag destinations per config section; each dest is the setting's field name.
-_KUBEFLOW_FLAGS = (
-    "image", "pipeline_root", "data_root", "serving_dir", "model_name", "pipeline_name",
-    "layout", "trainer_gpus", "trainer_gpu_type", "trainer_cpu", "trainer_memory_gb",
-    "node_cpu", "node_memory_gb", "beam_pipeline_args", "enable_cache", "pvc_mounts",
-    "baseline",
-)
-_TRAINING_FLAGS = ("backbone", "weights", "epochs", "image_size", "batch_size", "learning_rate")
-_INGEST_FLAGS = (
-    "eval_percent", "test_percent", "min_images_per_class", "min_examples", "max_label_drift",
-)
-_GATE_FLAGS = ("min_accuracy", "max_accuracy_drop")
-_SECTION_FLAGS = {
-    "kubeflow": _KUBEFLOW_FLAGS,
-    "training": _TRAINING_FLAGS,
-    "ingest": _INGEST_FLAGS,
-    "gate": _GATE_FLAGS,
-}
-_COMPILE_FLAGS = ("config",) + sum(_SECTION_FLAGS.values(), ())
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--output", required=True, metavar="FILE",
         help=".json (TFX PipelineJob; Vertex AI) or .yaml (PipelineSpec; Kubeflow Pipelines)",
     )
-    _add_compile_flags(compile_)
+    settings.add_settings_flags(compile_, settings.SECTIONS)
 
     submit = subparsers.add_parser(
         "submit", help="upload the pipeline to Kubeflow Pipelines and run it"
@@ -59,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     submit.set_defaults(handler=_submit)
     _add_upload_flags(submit)
     submit.add_argument("--run-name", help="default: '<pipeline name> <UTC time> UTC'")
+    settings.add_settings_flags(submit, settings.SECTIONS)
 
     schedule = subparsers.add_parser(
         "schedule", help="upload the pipeline to Kubeflow Pipelines and run it on a cron schedule"
@@ -71,10 +57,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
              "seconds first; in the scheduler's time zone (UTC by default)",
     )
     schedule.add_argument("--job-name", help="default: '<pipeline name>-schedule'")
-    schedule.add_argument("--max-concurrency", type=int, default=1,
-                          help="runs of this schedule at once (default 1)")
+    schedule.add_argument("--max-concurrency", type=int, metavar="N",
+                          help="runs of this schedule at once (default: one)")
     schedule.add_argument("--catchup", action="store_true",
                           help="start the runs missed while the schedule was paused")
+    settings.add_settings_flags(schedule, settings.SECTIONS)
 
 
 def _add_upload_flags(parser: argparse.ArgumentParser) -> None:
@@ -86,69 +73,20 @@ def _add_upload_flags(parser: argparse.ArgumentParser) -> None:
                              "settings below compile one")
     parser.add_argument("--output", metavar="FILE",
                         help="keep the package compiled for this upload here (.yaml)")
-    parser.add_argument("--experiment", help="KFP experiment (default: transferline)")
+    parser.add_argument("--experiment", help=f"KFP experiment (default: {EXPERIMENT_NAME})")
     parser.add_argument("--namespace", help="KFP namespace, for multi-user deployments")
     parser.add_argument("--service-account", help="Kubernetes service account of the pods")
-    _add_compile_flags(parser)
-
-
-def _add_compile_flags(parser: argparse.ArgumentParser) -> None:
-    # Every setting defaults to None here: the defaults live once, in the config classes,
-    # and a --config file sits between the two.
-    cluster = parser.add_argument_group("cluster settings (override --config)")
-    add = cluster.add_argument
-    add("--config", metavar="FILE", help="YAML/JSON: kubeflow, training, ingest, gate sections")
-    add("--image", help="container image with this project (kubeflow/Dockerfile)")
-    add("--pipeline-root", metavar="URI", help="artifact root as the pods see it")
-    add("--data", dest="data_root", metavar="URI", help="image folder as the pods see it")
-    add("--serving-dir", metavar="URI", help="TF Serving base dir; models go to <dir>/<model>")
-    add("--model-name", help="TF Serving model name (default: transferline)")
-    add("--pipeline-name", help="KFP pipeline name (default: transferline)")
-    add("--layout", help="data folder layout: classes, presplit, span-classes, ... or 'auto' "
-                         "(default: list the folder at compile time)")
-    add("--gpus", dest="trainer_gpus", type=int, metavar="N", help="Trainer GPUs (default 0)")
-    add("--gpu-type", dest="trainer_gpu_type", metavar="TYPE",
-        help="nvidia.com/gpu (Kubeflow Pipelines; default) or e.g. NVIDIA_TESLA_T4 (Vertex AI)")
-    add("--trainer-cpu", type=float, metavar="N", help="Trainer CPU limit")
-    add("--trainer-memory-gb", type=float, metavar="GB", help="Trainer memory limit")
-    add("--node-cpu", type=float, metavar="N", help="CPU request of the other nodes")
-    add("--node-memory-gb", type=float, metavar="GB", help="memory request of the other nodes")
-    add("--beam-arg", dest="beam_pipeline_args", action="append", metavar="ARG",
-        help="Beam argument, repeatable; replaces the defaults (--beam-arg=--runner=FlinkRunner)")
-    add("--pvc", dest="pvc_mounts", action="append", metavar="CLAIM:/PATH",
-        help="mount a PersistentVolumeClaim in every task pod, repeatable (needs .yaml)")
-    add("--no-cache", dest="enable_cache", action="store_const", const=False,
-        help="compile with KFP caching off (advised for schedules)")
-    add("--no-baseline", dest="baseline", action="store_const", const=False,
-        help="no resolver tasks (open-source Kubeflow Pipelines runs none): the Evaluator "
-             "applies the absolute bounds only, not the no-regression one")
-    training = parser.add_argument_group(
-        "training, ingest and gate settings (as for `transferline run`; more in --config)"
-    )
-    training.add_argument("--backbone")
-    training.add_argument("--weights")
-    training.add_argument("--epochs", type=int)
-    training.add_argument("--image-size", type=int)
-    training.add_argument("--batch-size", type=int)
-    training.add_argument("--learning-rate", type=float)
-    training.add_argument("--min-accuracy", type=float)
-    training.add_argument("--max-accuracy-drop", type=float)
-    training.add_argument("--eval-percent", type=int)
-    training.add_argument("--test-percent", type=int)
-    training.add_argument("--min-images-per-class", type=int)
-    training.add_argument("--min-examples", type=int)
-    training.add_argument("--max-label-drift", type=float)
 
 
 # ----------------------------------------------------------------------- handlers
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from pipeline import kubeflow_runner
+    from pipeline import kubeflow_compile
 
     try:
         _compile_package(args, args.output)
-        package = kubeflow_runner.load_package(args.output)
+        package = kubeflow_compile.load_package(args.output)
     except ValueError as error:
         return _fail(error, EXIT_BAD_INPUT)
     _print_package(args.output, package)
@@ -156,12 +94,12 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from pipeline import kubeflow_runner
+    from pipeline import kfp_client
 
-    experiment = args.experiment or kubeflow_runner.DEFAULT_EXPERIMENT
+    experiment = args.experiment or EXPERIMENT_NAME
 
     def upload(package_path: str, pipeline_name: str) -> None:
-        result = kubeflow_runner.submit_pipeline(
+        result = kfp_client.submit_pipeline(
             args.host, package_path, pipeline_name, experiment=experiment,
             run_name=args.run_name, namespace=args.namespace,
             service_account=args.service_account,
@@ -174,35 +112,35 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _schedule(args: argparse.Namespace) -> int:
-    from pipeline import kubeflow_runner
+    from pipeline import kfp_client
+
+    given = {} if args.max_concurrency is None else {"max_concurrency": args.max_concurrency}
 
     def upload(package_path: str, pipeline_name: str) -> None:
-        result = kubeflow_runner.schedule_pipeline(
+        result = kfp_client.schedule_pipeline(
             args.host, package_path, args.cron, pipeline_name,
-            experiment=args.experiment or kubeflow_runner.DEFAULT_EXPERIMENT,
-            job_name=args.job_name, max_concurrency=args.max_concurrency,
-            catchup=args.catchup, namespace=args.namespace,
-            service_account=args.service_account,
+            experiment=args.experiment or EXPERIMENT_NAME,
+            job_name=args.job_name, catchup=args.catchup, namespace=args.namespace,
+            service_account=args.service_account, **given,
         )
         _print_upload(result, pipeline_name)
         cron_note = "" if result["cron"] == args.cron.strip() else f", from {args.cron.strip()!r}"
         print(f"Scheduled recurring run {result['recurring_run_id']}: cron {result['cron']!r} "
-              f"(KFP: seconds first{cron_note}), at most {args.max_concurrency} at once, "
+              f"(KFP: seconds first{cron_note}), at most {result['max_concurrency']} at once, "
               f"{'with' if args.catchup else 'no'} catch-up")
 
     try:  # a bad cron expression fails before anything is compiled or uploaded
-        kubeflow_runner.normalize_cron(args.cron)
+        kfp_client.normalize_cron(args.cron)
     except ValueError as error:
         return _fail(error, EXIT_BAD_INPUT)
     return _with_package(args, upload)
 
 
 def _with_package(args: argparse.Namespace, upload: Callable[[str, str], None]) -> int:
-    """Runs `upload` on --package, or on a package compiled from the flags."""
-    from pipeline import kubeflow_runner
+    """Runs `upload` on --package, or on a package compiled from the settings flags."""
+    from pipeline import kfp_client, kubeflow_compile
 
-    given = sorted(f"--{name.replace('_', '-')}" for name in _COMPILE_FLAGS
-                   if getattr(args, name, None) is not None)
+    given = settings.given_flags(args, settings.SECTIONS)
     try:
         if not args.host:
             raise ValueError(f"--host is required (or set ${HOST_ENV})")
@@ -212,51 +150,35 @@ def _with_package(args: argparse.Namespace, upload: Callable[[str, str], None]) 
         with tempfile.TemporaryDirectory() as folder:
             if args.package:
                 package_path = args.package
-                pipeline_name = kubeflow_runner.load_package(package_path).name
+                pipeline_name = kubeflow_compile.load_package(package_path).name
             else:
                 package_path = args.output or os.path.join(folder, "pipeline.yaml")
                 pipeline_name = _compile_package(args, package_path).pipeline_name
             upload(package_path, pipeline_name)
     except ValueError as error:
         return _fail(error, EXIT_BAD_INPUT)
-    except kubeflow_runner.KubeflowError as error:
+    except kfp_client.KubeflowError as error:
         return _fail(error, EXIT_KUBEFLOW_FAILED)
     return 0
 
 
 def _compile_package(args: argparse.Namespace, output: str) -> KubeflowConfig:
-    """Compiles from --config and flags; returns the KubeflowConfig used."""
-    from pipeline import kubeflow_runner
+    """Compiles from --config and the settings flags; returns the KubeflowConfig used."""
+    from pipeline import kubeflow_compile
 
-    sections = kubeflow_runner.read_config_file(args.config) if args.config else {}
-    configs = {
-        section: _config_with_flags(
-            config_class, sections.get(section, {}), args, _SECTION_FLAGS[section]
-        )
-        for section, config_class in kubeflow_runner.config_sections().items()
-    }
-    kubeflow_runner.compile_pipeline(
-        output, config=configs["kubeflow"], training=configs["training"],
-        ingest=configs["ingest"], gate=configs["gate"],
+    configs = settings.settings_from_args(args, settings.SECTIONS)
+    kubeflow_compile.compile_pipeline(
+        output, config=configs[settings.KUBEFLOW], training=configs[settings.TRAINING],
+        ingest=configs[settings.INGEST], gate=configs[settings.GATE],
     )
-    return configs["kubeflow"]
-
-
-def _config_with_flags(
-    config_class: type, values: dict[str, Any], args: argparse.Namespace, flags: tuple[str, ...]
-) -> Any:
-    """`config_class` from the config file's values, with the given flags on top."""
-    from trainer.config_file import build_config
-
-    given = {name: getattr(args, name) for name in flags if getattr(args, name, None) is not None}
-    return build_config(config_class, {**values, **given}).validate()
+    return configs[settings.KUBEFLOW]
 
 
 # ------------------------------------------------------------------------ output
 
 
 def _print_package(path: str, package: CompiledPackage) -> None:
-    from pipeline import kubeflow_runner
+    from pipeline import kubeflow_compile
 
     tasks = package.tasks()
     images = sorted({e["container"]["image"] for e in tasks.values() if "container" in e})
@@ -266,7 +188,7 @@ def _print_package(path: str, package: CompiledPackage) -> None:
     print(f"  pipeline root: {package.pipeline_root}")
     print(f"  tasks ({len(tasks)}):")
     for name, executor in tasks.items():
-        print(f"    {name:<{width}}  {kubeflow_runner.describe_task(executor)}")
+        print(f"    {name:<{width}}  {kubeflow_compile.describe_task(executor)}")
     resolvers = sum("resolver" in executor for executor in tasks.values())
     if resolvers:
         print(f"  note: Vertex AI Pipelines runs the {resolvers} resolver tasks; open-source "

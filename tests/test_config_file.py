@@ -1,6 +1,6 @@
-"""Config files: YAML sections to typed configs, clear errors, flags on top."""
+"""Config files: YAML sections to typed configs and clear errors (the generic reader;
+the commands' sections and flags on top are tests/test_settings.py's)."""
 
-import argparse
 import pathlib
 
 import pytest
@@ -100,28 +100,6 @@ def test_recipes_say_what_the_seeds_did():
 # --------------------------------------------------------------------------- the CLI
 
 
-def test_cli_flags_override_the_file(tmp_path):
-    path = _write(tmp_path, "training:\n  backbone: vgg16\n  epochs: 7\n  batch_size: 4\n")
-    parser_args = argparse.Namespace(epochs=2, backbone=None, batch_size=None)
-    sections = cli._read_config_file(path)
-    config = cli._config_from_flags(TrainingConfig, parser_args, sections["training"])
-    assert (config.backbone, config.epochs, config.batch_size) == ("vgg16", 2, 4)
-
-
-def test_cli_export_flags_override_the_file(tmp_path):
-    path = _write(tmp_path, "training:\n"
-                            "  export: {max_image_pixels: 500, tflite_tolerance: 0.01}\n")
-    sections = cli._read_config_file(path)
-    args = argparse.Namespace(max_image_pixels=None, tflite=True)
-    values = cli._with_export_flags(args, sections["training"])
-    config = cli._config_from_flags(TrainingConfig, args, values).validate()
-    assert (config.export.max_image_pixels, config.export.tflite) == (500, True)
-    assert config.export.tflite_tolerance == 0.01
-    args = argparse.Namespace(max_image_pixels=9, tflite=None)
-    config = cli._config_from_flags(TrainingConfig, args, cli._with_export_flags(args, None))
-    assert (config.export.max_image_pixels, config.export.tflite) == (9, False)
-
-
 def test_cli_bad_config_file_is_one_line_and_exit_2(tmp_path, capsys):
     data = write_class_folder(tmp_path / "images", 1)
     path = _write(tmp_path, "training:\n  head:\n    pooling: mean\n")
@@ -141,3 +119,12 @@ def test_cli_unknown_setting_names_the_file(tmp_path, capsys):
     assert code == cli.EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert path in err and "training.learning_rte: unknown setting" in err
+
+
+def test_cli_ignores_a_kubeflow_section_and_checks_the_rest(tmp_path, capsys):
+    data = write_class_folder(tmp_path / "images", 1)
+    path = _write(tmp_path, "kubeflow:\n  image: x\ngate:\n  min_accuracy: 2\n")
+    code = cli.main(["run", "--config", path, "--data", str(data),
+                     "--workdir", str(tmp_path / "work")])
+    assert code == cli.EXIT_BAD_INPUT
+    assert capsys.readouterr().err == "error: min_accuracy must be in [0, 1], got 2.0\n"

@@ -26,7 +26,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import pytest
 import yaml
 
-from pipeline import cli, kubeflow_runner
+from pipeline import cli, kfp_client, kubeflow_compile
 from pipeline import pipeline as transferline
 
 SECRET = "s3cr3t-token-do-not-print"
@@ -169,8 +169,8 @@ def package(tmp_path, data_root):
 
 @pytest.fixture(autouse=True)
 def token(monkeypatch):
-    monkeypatch.setenv(kubeflow_runner.TOKEN_ENV, SECRET)
-    monkeypatch.delenv(kubeflow_runner.SA_TOKEN_PATH_ENV, raising=False)
+    monkeypatch.setenv(kfp_client.TOKEN_ENV, SECRET)
+    monkeypatch.delenv(kfp_client.SA_TOKEN_PATH_ENV, raising=False)
 
 
 def _uploaded_documents(request: dict) -> list[dict]:
@@ -207,7 +207,7 @@ def test_compile_without_baseline_has_no_resolver_task(tmp_path, data_root, caps
     out = capsys.readouterr().out
     assert f"tasks ({len(transferline.NODE_IDS) - 2}):" in out
     assert "resolver" not in out
-    tasks = kubeflow_runner.load_package(path).tasks()
+    tasks = kubeflow_compile.load_package(path).tasks()
     assert transferline.EVALUATOR in tasks and not any("resolver" in e for e in tasks.values())
 
 
@@ -300,6 +300,16 @@ def test_schedule_creates_a_recurring_run_with_kfp_cron(package, capsys):
     captured = capsys.readouterr()
     assert SECRET not in captured.out + captured.err
     assert "cron '0 0 3 * * *'" in captured.out
+    assert "at most 1 at once, no catch-up" in captured.out
+
+
+def test_schedule_sends_the_given_concurrency(package, capsys):
+    with RecordingKfpStub() as stub:
+        assert cli.main(["schedule", "--host", stub.url, "--package", package,
+                         "--cron", "0 3 * * *", "--max-concurrency", "3"]) == 0
+
+    assert int(stub.request("POST", f"{API}/recurringruns")["json"]["max_concurrency"]) == 3
+    assert "at most 3 at once" in capsys.readouterr().out
 
 
 def test_bad_cron_fails_before_any_request(package, capsys):
@@ -338,8 +348,8 @@ def test_login_page_instead_of_the_api_is_one_line(package, capsys):
 def test_service_account_token_file_is_sent_not_printed(package, tmp_path, monkeypatch, capsys):
     token_file = tmp_path / "token"
     token_file.write_text("file-token-never-printed")
-    monkeypatch.delenv(kubeflow_runner.TOKEN_ENV)
-    monkeypatch.setenv(kubeflow_runner.SA_TOKEN_PATH_ENV, str(token_file))
+    monkeypatch.delenv(kfp_client.TOKEN_ENV)
+    monkeypatch.setenv(kfp_client.SA_TOKEN_PATH_ENV, str(token_file))
     with RecordingKfpStub() as stub:
         assert cli.main(["submit", "--host", stub.url, "--package", package]) == 0
 
@@ -349,15 +359,15 @@ def test_service_account_token_file_is_sent_not_printed(package, tmp_path, monke
 
 
 def test_missing_token_file_is_one_line(package, tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv(kubeflow_runner.TOKEN_ENV)
-    monkeypatch.setenv(kubeflow_runner.SA_TOKEN_PATH_ENV, str(tmp_path / "no-token"))
+    monkeypatch.delenv(kfp_client.TOKEN_ENV)
+    monkeypatch.setenv(kfp_client.SA_TOKEN_PATH_ENV, str(tmp_path / "no-token"))
     with RecordingKfpStub() as stub:
         code = cli.main(["submit", "--host", stub.url, "--package", package])
 
     assert code == 1
     assert stub.requests == []
     assert capsys.readouterr().err == (
-        f"error: cannot read the token file named by ${kubeflow_runner.SA_TOKEN_PATH_ENV}: "
+        f"error: cannot read the token file named by ${kfp_client.SA_TOKEN_PATH_ENV}: "
         "No such file or directory\n"
     )
 
@@ -369,12 +379,21 @@ def test_package_and_compile_flags_together_are_refused(package, data_root, caps
     assert "--package is already compiled; drop --image" in capsys.readouterr().err
 
 
+def test_package_and_training_flags_or_a_config_together_are_refused(package, tmp_path, capsys):
+    code = cli.main(["schedule", "--host", "http://127.0.0.1:9", "--package", package,
+                     "--cron", "0 3 * * *", "--epochs", "3", "--no-warm-start",
+                     "--config", str(tmp_path / "any.yaml")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "drop --config, --epochs, --no-warm-start (or drop --package" in err
+
+
 def test_unreachable_host_is_a_one_line_error(package):
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     host = f"http://127.0.0.1:{port}"
-    env = {**os.environ, kubeflow_runner.TOKEN_ENV: SECRET}
+    env = {**os.environ, kfp_client.TOKEN_ENV: SECRET}
 
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "submit", "--host", host, "--package", package],

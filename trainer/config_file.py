@@ -1,7 +1,8 @@
 """Typed settings from plain values: YAML config files and flag overrides.
 
-A config file maps sections to settings; each section is a frozen config
-dataclass (`TrainingConfig`, `IngestConfig`, `GateConfig`, ...):
+A config file maps section names to settings; the caller says which sections
+there are and which frozen config dataclass each one builds (for the training
+section, `trainer.config.TrainingConfig`):
 
     training:
       backbone: inception_v3
@@ -9,14 +10,13 @@ dataclass (`TrainingConfig`, `IngestConfig`, `GateConfig`, ...):
       head: {pooling: flatten, dense_units: [1024], binary: true}
       optimizer: rmsprop
       learning_rate: 1e-4
-    gate:
-      min_accuracy: 0.8
 
 `build_config` turns a mapping into a dataclass, checking every value against the
 field's type annotation (nested dataclasses, tuples, unions, optionals), so a typo
 or a wrong type is a one-line error naming the file and the setting rather than a
 failure deep inside training. Numbers YAML reads as strings (PyYAML reads ``1e-4``
-as a string) are accepted where a float is expected.
+as a string) are accepted where a float is expected. This module knows no section
+of its own: the commands' sections are `pipeline.settings`'s.
 
 This module imports no TensorFlow: the CLI can read configs before loading it.
 """
@@ -47,8 +47,8 @@ def read_config_file(
     Args:
         path: The file.
         sections: Section name -> config dataclass that section builds.
-        ignored_sections: Sections another command reads (e.g. ``kubeflow``);
-            accepted here and left out of the result.
+        ignored_sections: Sections the file may hold for another reader;
+            accepted here unchecked and left out of the result.
 
     Returns:
         Section name -> its settings as plain values (flags can then override

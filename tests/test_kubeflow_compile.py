@@ -13,11 +13,10 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from components.config import IngestConfig
-from pipeline import kubeflow_runner
+from pipeline import kubeflow_compile
 from pipeline import pipeline as transferline
-from pipeline.kubeflow_runner import KubeflowConfig
-from trainer.config import TrainingConfig
-from trainer.config_file import build_config
+from pipeline.kubeflow_settings import KubeflowConfig
+from pipeline.names import PIPELINE_NAME
 
 IMAGE = "registry.example.com/transferline:1.2.3"
 BEAM_ARGS = ("--runner=FlinkRunner", "--flink_master=flink-jobmanager:8081", "--parallelism=4")
@@ -35,12 +34,12 @@ def _config(data: str, **overrides) -> KubeflowConfig:
 
 def _compile(tmp_path, data_root, name="pipeline.json", **overrides):
     output = str(tmp_path / "out" / name)
-    kubeflow_runner.compile_pipeline(output, config=_config(data_root, **overrides))
+    kubeflow_compile.compile_pipeline(output, config=_config(data_root, **overrides))
     return output
 
 
 def _executors(spec: dict) -> dict[str, dict]:
-    return kubeflow_runner.CompiledPackage(spec=spec, pipeline_root=None).tasks()
+    return kubeflow_compile.CompiledPackage(spec=spec, pipeline_root=None).tasks()
 
 
 def _container_names() -> set[str]:
@@ -66,7 +65,7 @@ def test_compiles_a_pipeline_job_holding_every_node(tmp_path, data_root):
     assert job.runtime_config.gcs_output_directory == "gs://bucket/transferline/root"
     assert spec.default_pipeline_root == "gs://bucket/transferline/root"
     assert spec.schema_version == "2.1.0"
-    assert spec.pipeline_info.name == kubeflow_runner.PIPELINE_NAME
+    assert spec.pipeline_info.name == PIPELINE_NAME
     assert set(spec.root.dag.tasks) == _expected_task_names()
 
 
@@ -132,9 +131,9 @@ def test_yaml_output_is_the_bare_pipeline_spec_kfp_uploads(tmp_path, data_root):
 
     spec = json_format.ParseDict(document, pipeline_spec_pb2.PipelineSpec())
     assert set(spec.root.dag.tasks) == _expected_task_names()
-    package = kubeflow_runner.load_package(path)
+    package = kubeflow_compile.load_package(path)
     assert package.pipeline_root == "gs://bucket/transferline/root"
-    assert package.name == kubeflow_runner.PIPELINE_NAME
+    assert package.name == PIPELINE_NAME
 
 
 def test_pvc_mounts_reach_every_container_through_the_platform_spec(tmp_path, data_root):
@@ -152,7 +151,7 @@ def test_pvc_mounts_reach_every_container_through_the_platform_spec(tmp_path, da
             {"constant": "images", "mountPath": "/mnt/images"},
             {"constant": "models.shared", "mountPath": "/mnt/models"},
         ]
-    assert kubeflow_runner.load_package(path).platform_spec == platform
+    assert kubeflow_compile.load_package(path).platform_spec == platform
 
 
 def test_pvc_mounts_need_a_yaml_package(tmp_path, data_root):
@@ -162,7 +161,7 @@ def test_pvc_mounts_need_a_yaml_package(tmp_path, data_root):
 
 def test_object_store_data_root_compiles_without_listing(tmp_path):
     config = _config("gs://no-such-bucket-transferline/images", layout="presplit")
-    job = kubeflow_runner.compile_pipeline(str(tmp_path / "pipeline.json"), config=config)
+    job = kubeflow_compile.compile_pipeline(str(tmp_path / "pipeline.json"), config=config)
 
     tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
     parameters = tasks[transferline.EXAMPLE_GEN]["inputs"]["parameters"]
@@ -211,7 +210,7 @@ def _span_folder(tmp_path) -> str:
 
 def test_a_span_window_is_refused_naming_the_setting(tmp_path):
     with pytest.raises(ValueError, match=r"ingest.span_window 2 does not compile for Kubeflow"):
-        kubeflow_runner.compile_pipeline(
+        kubeflow_compile.compile_pipeline(
             str(tmp_path / "p.json"), config=_config(_span_folder(tmp_path)),
             ingest=IngestConfig(span_window=2))
 
@@ -219,118 +218,23 @@ def test_a_span_window_is_refused_naming_the_setting(tmp_path):
 def test_spans_compile_but_the_data_gate_sees_this_run_s_statistics_only(tmp_path):
     """KFP v2 has no cross-run channel: previous_statistics becomes this run's output,
     so the comparison with the previous span happens only under LocalDagRunner."""
-    job = kubeflow_runner.compile_pipeline(
+    job = kubeflow_compile.compile_pipeline(
         str(tmp_path / "p.json"), config=_config(_span_folder(tmp_path)))
     gate = job["pipelineSpec"]["root"]["dag"]["tasks"][transferline.DATA_GATE]["inputs"]
     assert gate["artifacts"]["previous_statistics"] == {"taskOutputArtifact": {
         "outputArtifactKey": "statistics", "producerTask": transferline.STATISTICS_GEN}}
 
 
-# -------------------------------------------------------------------- validation
-
-
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"image": ""}, "image must name a container image"),
-        ({"trainer_gpus": -1}, "trainer_gpus must be a whole number >= 0"),
-        ({"trainer_gpus": 1, "trainer_gpu_type": " "}, "trainer_gpu_type must name"),
-        ({"pipeline_root": "relative/root"}, "pipeline_root must be an object-store URI"),
-        ({"serving_dir": "minio://bucket/serving"}, "serving_dir scheme minio://"),
-        ({"data_root": "gs://bucket/images"}, "layout must be given"),
-        ({"layout": "flat"}, "layout must be one of"),
-        ({"model_name": "my/model"}, "model_name must be"),
-        ({"pipeline_name": "Transferline"}, "pipeline_name must be lower-case"),
-        ({"node_memory_gb": 0}, "node_memory_gb must be a number > 0"),
-        ({"beam_pipeline_args": ("runner=FlinkRunner",)}, "must be Beam flags"),
-        ({"beam_pipeline_args": ("--runner=DataflowRunner",)}, "DataflowRunner also need"),
-        ({"pvc_mounts": ("Images:/mnt",)}, "pvc_mounts entries must be CLAIM:/mount/path"),
-        ({"pvc_mounts": ("images:mnt",)}, "pvc_mounts entries must be CLAIM:/mount/path"),
-    ],
-)
-def test_validate_names_the_setting(overrides, message):
-    with pytest.raises(ValueError, match=message):
-        _config("/mnt/data", **overrides).validate()
-
-
-def test_valid_settings_pass():
-    assert _config("/mnt/data").validate().serving_model_dir == "gs://bucket/serving/flowers"
+# ------------------------------------------------------------------- refusals
 
 
 def test_compile_refuses_a_folder_it_cannot_list_for_auto_layout(tmp_path):
     with pytest.raises(ValueError, match="layout 'auto' needs it"):
-        kubeflow_runner.compile_pipeline(
+        kubeflow_compile.compile_pipeline(
             str(tmp_path / "p.json"), config=_config(str(tmp_path / "missing"))
         )
 
 
 def test_compile_refuses_an_unknown_package_extension(tmp_path, data_root):
     with pytest.raises(ValueError, match=r"must end with \.json, \.yaml or \.yml"):
-        kubeflow_runner.compile_pipeline(str(tmp_path / "p.txt"), config=_config(data_root))
-
-
-@pytest.mark.parametrize(
-    ("cron", "expected"),
-    [
-        ("0 3 * * *", "0 0 3 * * *"),
-        ("*/15 * * * 1-5", "0 */15 * * * 1-5"),
-        ("30 0 3 * * *", "30 0 3 * * *"),
-        ("  0   3 1 * *  ", "0 0 3 1 * *"),
-    ],
-)
-def test_cron_gets_kfp_seconds_field(cron, expected):
-    assert kubeflow_runner.normalize_cron(cron) == expected
-
-
-@pytest.mark.parametrize(
-    ("cron", "message"),
-    [
-        ("0 3 * *", "must have 5 fields"),
-        ("0 0 3 * * * 2030", "must have 5 fields"),
-        ("61 3 * * *", "minute must be in 0-59"),
-        ("0 24 * * *", "hour must be in 0-23"),
-        ("0 3 * * $", "characters cron does not use"),
-        ("", "got 0"),
-    ],
-)
-def test_bad_cron_is_refused(cron, message):
-    with pytest.raises(ValueError, match=message):
-        kubeflow_runner.normalize_cron(cron)
-
-
-# ------------------------------------------------------------------- config file
-
-
-def test_config_file_sections_become_settings(tmp_path):
-    path = tmp_path / "cluster.yaml"
-    path.write_text(
-        "kubeflow:\n  image: reg/img:1\n  trainer_gpus: 1\n  trainer_memory_gb: 24\n"
-        "  beam_pipeline_args: [--runner=FlinkRunner]\n"
-        "training:\n  epochs: 3\n  learning_rate: 1e-4\n"
-        "gate:\n  min_accuracy: 0.8\n"
-    )
-    sections = kubeflow_runner.read_config_file(str(path))
-    config = build_config(KubeflowConfig, sections["kubeflow"])
-    assert config.beam_pipeline_args == ("--runner=FlinkRunner",)
-    assert config.trainer_memory_gb == 24.0 and isinstance(config.trainer_memory_gb, float)
-    training = build_config(TrainingConfig, sections["training"])
-    assert (training.epochs, training.learning_rate) == (3, 1e-4)  # YAML's '1e-4' string too
-    assert sections["gate"] == {"min_accuracy": 0.8}
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("cluster:\n  image: x\n", "unknown sections"),
-        ("kubeflow:\n  gpus: 1\n", "kubeflow.gpus: unknown setting; kubeflow settings are"),
-        ("kubeflow:\n  trainer_cpu: many\n", "kubeflow.trainer_cpu: expected a number"),
-        ("kubeflow:\n  baseline: no-way\n", "kubeflow.baseline: expected true or false"),
-        ("training:\n  epochs: ten\n", "training.epochs: expected a whole number"),
-        ("- a\n- b\n", "must map sections"),
-    ],
-)
-def test_config_file_errors_name_the_problem(tmp_path, text, message):
-    path = tmp_path / "cluster.yaml"
-    path.write_text(text)
-    with pytest.raises(ValueError, match=message):
-        kubeflow_runner.read_config_file(str(path))
+        kubeflow_compile.compile_pipeline(str(tmp_path / "p.txt"), config=_config(data_root))
