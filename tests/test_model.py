@@ -14,7 +14,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from tests import trainer_testing
-from trainer import export, model
+from trainer import classifier, export, model, phases
 from trainer.config import (
     FEATURE_ENGINE_TENSORFLOW,
     FEATURE_ENGINE_TFLITE,
@@ -58,19 +58,19 @@ def fast_and_plain(tmp_path_factory):
 
 def test_fast_path_is_the_default_for_both_phases(fast_and_plain):
     _, history = fast_and_plain["fast"]
-    assert history["path"] == {model.HEAD_PHASE: model.PATH_CACHED,
-                               model.FINE_TUNING_PHASE: model.PATH_CACHED}
+    assert history["path"] == {phases.HEAD_PHASE: phases.PATH_CACHED,
+                               phases.FINE_TUNING_PHASE: phases.PATH_CACHED}
     # A CPU-only machine caches on TFLite; the plain path caches nothing.
     assert history["feature_engine"] == FEATURE_ENGINE_TFLITE
     _, plain_history = fast_and_plain["plain"]
-    assert plain_history["path"] == {model.HEAD_PHASE: model.PATH_END_TO_END,
-                                     model.FINE_TUNING_PHASE: model.PATH_END_TO_END}
+    assert plain_history["path"] == {phases.HEAD_PHASE: phases.PATH_END_TO_END,
+                                     phases.FINE_TUNING_PHASE: phases.PATH_END_TO_END}
     assert "feature_engine" not in plain_history
 
 
 def test_fast_path_trains_the_same_model_as_the_plain_path(fast_and_plain):
     (fast_args, fast), (plain_args, plain) = fast_and_plain["fast"], fast_and_plain["plain"]
-    for phase in (model.HEAD_PHASE, model.FINE_TUNING_PHASE):
+    for phase in (phases.HEAD_PHASE, phases.FINE_TUNING_PHASE):
         np.testing.assert_allclose(fast[phase]["loss"], plain[phase]["loss"], rtol=1e-3)
         np.testing.assert_allclose(fast[phase]["val_accuracy"], plain[phase]["val_accuracy"])
     fast_served, labels = _eval_scores(fast_args)
@@ -86,12 +86,12 @@ def test_history_best_epoch_and_tensorboard_logs_are_kept(fast_and_plain):
     fn_args, history = fast_and_plain["fast"]
     with open(os.path.join(fn_args.model_run_dir, model.HISTORY_FILE)) as f:
         assert json.load(f) == history
-    assert len(history[model.HEAD_PHASE]["val_loss"]) == EXACT.epochs
+    assert len(history[phases.HEAD_PHASE]["val_loss"]) == EXACT.epochs
     best = history["best"]
     best_phase = history[best["phase"]]
     assert best["val_loss"] == min(best_phase["val_loss"])
-    assert best["val_loss"] <= min(history[model.HEAD_PHASE]["val_loss"])
-    for phase in (model.HEAD_PHASE, model.FINE_TUNING_PHASE):
+    assert best["val_loss"] <= min(history[phases.HEAD_PHASE]["val_loss"])
+    for phase in (phases.HEAD_PHASE, phases.FINE_TUNING_PHASE):
         logs = tf.io.gfile.glob(os.path.join(fn_args.model_run_dir, phase, "*", "events.*"))
         assert logs, f"no TensorBoard events for {phase}"
     assert "top_conv" in history["unfrozen_layers"]
@@ -131,7 +131,7 @@ def test_binary_head_exports_two_scores_the_evaluator_reads(binary_mixed_precisi
 
 def test_mixed_precision_training_exports_a_float32_model(binary_mixed_precision_run):
     fn_args, history = binary_mixed_precision_run
-    assert history["path"] == {model.HEAD_PHASE: model.PATH_CACHED}
+    assert history["path"] == {phases.HEAD_PHASE: phases.PATH_CACHED}
     assert history["feature_engine"] == FEATURE_ENGINE_TENSORFLOW  # float16 compute
     checkpoint = tf.train.load_checkpoint(
         os.path.join(fn_args.serving_model_dir, "variables", "variables"))
@@ -142,31 +142,31 @@ def test_mixed_precision_training_exports_a_float32_model(binary_mixed_precision
 
 def test_binary_head_needs_exactly_two_classes():
     config = TrainingConfig(head=HeadConfig(binary=True))
-    model.check_classes(config, ["cat", "dog"])
+    classifier.check_classes(config, ["cat", "dog"])
     with pytest.raises(ValueError, match=r"head.binary needs exactly two classes.*'bird'"):
-        model.check_classes(config, ["cat", "dog", "bird"])
+        classifier.check_classes(config, ["cat", "dog", "bird"])
     with pytest.raises(ValueError, match="at least two classes"):
-        model.check_classes(TrainingConfig(), ["cat"])
+        classifier.check_classes(TrainingConfig(), ["cat"])
 
 
 def test_class_weights():
     counts = np.array([30, 10])
-    assert model.class_weights(TrainingConfig(), ["a", "b"], counts) is None
-    auto = model.class_weights(TrainingConfig(class_weights="auto"), ["a", "b"], counts)
+    assert phases.class_weights(TrainingConfig(), ["a", "b"], counts) is None
+    auto = phases.class_weights(TrainingConfig(class_weights="auto"), ["a", "b"], counts)
     assert auto == pytest.approx({0: 40 / 60, 1: 40 / 20})
-    given = model.class_weights(TrainingConfig(class_weights={"b": 3.0}), ["a", "b"], counts)
+    given = phases.class_weights(TrainingConfig(class_weights={"b": 3.0}), ["a", "b"], counts)
     assert given == {0: 1.0, 1: 3.0}
     with pytest.raises(ValueError, match=r"class_weights names \['c'\]"):
-        model.class_weights(TrainingConfig(class_weights={"c": 2.0}), ["a", "b"], counts)
+        phases.class_weights(TrainingConfig(class_weights={"c": 2.0}), ["a", "b"], counts)
 
 
 def test_head_shapes():
-    flat = model.build_head((3, 3, 8), 4, TrainingConfig(
+    flat = classifier.build_head((3, 3, 8), 4, TrainingConfig(
         head=HeadConfig(pooling="flatten", dense_units=(16, 8))))
     assert flat.get_layer("pool").output_shape == (None, 72)
     assert [layer.name for layer in flat.get_layer("head_top").layers if "dense" in layer.name] == [
         "dense_0", "dense_1"]
-    vector = model.build_head((12,), 3, TrainingConfig())
+    vector = classifier.build_head((12,), 3, TrainingConfig())
     assert isinstance(vector.get_layer("pool"), tf.keras.layers.Identity)
     assert vector.output_shape == (None, 3)
 
@@ -212,4 +212,4 @@ def test_the_exported_model_records_its_training_settings(export_settings_run):
     fn_args, config, history = export_settings_run
     record = export.read_training_record(fn_args.serving_model_dir)
     assert TrainingConfig.from_dict(record["config"]) == config
-    assert record["history"]["path"] == history["path"] == {model.HEAD_PHASE: model.PATH_CACHED}
+    assert record["history"]["path"] == history["path"] == {phases.HEAD_PHASE: phases.PATH_CACHED}

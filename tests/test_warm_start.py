@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from tests import trainer_testing
-from trainer import model, warm_start
+from trainer import classifier, model, warm_start
 from trainer.config import FineTuningConfig, HeadConfig, TrainingConfig
 from trainer.warm_start import Manifest
 
@@ -68,7 +68,7 @@ def test_manifest_round_trips_through_json():
 
 
 def test_off_or_no_base_trains_from_scratch():
-    parts = model.build_parts(dataclasses.replace(CONFIG, weights="none"), 3)
+    parts = classifier.build_parts(dataclasses.replace(CONFIG, weights="none"), 3)
     off = dataclasses.replace(CONFIG, warm_start=False)
     assert warm_start.restore("/m/7/Format-Serving", parts, off, CLASSES) == {
         "from": "/m/7", "used": False, "reason": "warm_start is off"}
@@ -100,11 +100,11 @@ def test_training_saves_a_checkpoint_beside_the_serving_model(trained):
 
 def test_restore_loads_the_head_and_fine_tuned_backbone(trained):
     config, fn_args, _ = trained
-    first = model.build_parts(config, 3)
+    first = classifier.build_parts(config, 3)
     tf.train.Checkpoint(head=first.head_top, backbone=first.base).read(
         warm_start.warm_start_dir(fn_args.serving_model_dir) + "/weights").expect_partial()
 
-    parts = model.build_parts(config, 3)
+    parts = classifier.build_parts(config, 3)
     record = warm_start.restore(fn_args.serving_model_dir, parts, config, CLASSES)
 
     assert record == {"from": str(fn_args.serving_model_dir).rsplit("/", 1)[0], "used": True,
@@ -116,9 +116,9 @@ def test_restore_loads_the_head_and_fine_tuned_backbone(trained):
 
 def test_restore_reorders_the_scores_to_this_run_s_classes(trained):
     config, fn_args, _ = trained
-    saved = model.build_parts(config, 3)
+    saved = classifier.build_parts(config, 3)
     warm_start.restore(fn_args.serving_model_dir, saved, config, CLASSES)
-    reordered = model.build_parts(config, 3)
+    reordered = classifier.build_parts(config, 3)
     warm_start.restore(fn_args.serving_model_dir, reordered, config, ["blue", "red", "green"])
 
     vectors = np.random.default_rng(0).normal(size=(4, *saved.head_top.input_shape[1:]))
@@ -137,6 +137,6 @@ def test_a_second_run_starts_from_the_first_and_records_it(trained, tmp_path):
     other_head = dataclasses.replace(config, head=HeadConfig(dense_units=(4,)))
     fn_args = trainer_testing.fn_args_for(other_head, tmp_path / "other")
     fn_args.base_model = first_args.serving_model_dir
-    parts = model.build_parts(other_head, 3)
+    parts = classifier.build_parts(other_head, 3)
     record = warm_start.restore(fn_args.base_model, parts, other_head, CLASSES)
     assert record["used"] is False and record["reason"] == "head.dense_units was [8], now [4]"

@@ -23,6 +23,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from trainer.classifier import ClassifierParts
 from trainer.config import TrainingConfig
 
 WARM_START_DIR = "warm_start"
@@ -92,13 +93,13 @@ def warm_start_dir(serving_model_dir: str) -> str:
     return os.path.join(os.path.dirname(serving_model_dir.rstrip("/")), WARM_START_DIR)
 
 
-def restore(base_model: str | None, parts: Any, config: TrainingConfig,
+def restore(base_model: str | None, parts: ClassifierParts, config: TrainingConfig,
             class_names: list[str]) -> dict[str, Any]:
     """Loads the base model's saved head (and backbone) into `parts` if they fit.
 
     Args:
         base_model: `fn_args.base_model`: the base model's `Format-Serving/` path, or None.
-        parts: This run's `trainer.model.ClassifierParts`, built and not yet trained.
+        parts: This run's classifier parts, built and not yet trained.
         config: This run's settings.
         class_names: This run's classes, in label-vocabulary order.
 
@@ -128,8 +129,8 @@ def restore(base_model: str | None, parts: Any, config: TrainingConfig,
     return {**record, "used": True, "backbone": saved.backbone_saved}
 
 
-def save(serving_model_dir: str, parts: Any, config: TrainingConfig, class_names: list[str],
-         history: dict[str, Any]) -> str:
+def save(serving_model_dir: str, parts: ClassifierParts, config: TrainingConfig,
+         class_names: list[str], history: dict[str, Any]) -> str:
     """Saves the trained head (and the backbone, if it changed) for the next run.
 
     The backbone differs from its pretrained weights when this run fine-tuned it
@@ -148,7 +149,7 @@ def save(serving_model_dir: str, parts: Any, config: TrainingConfig, class_names
     return folder
 
 
-def _checkpoint(parts: Any, with_backbone: bool) -> tf.train.Checkpoint:
+def _checkpoint(parts: ClassifierParts, with_backbone: bool) -> tf.train.Checkpoint:
     if with_backbone:
         return tf.train.Checkpoint(head=parts.head_top, backbone=parts.base)
     return tf.train.Checkpoint(head=parts.head_top)
