@@ -118,19 +118,20 @@ def ingest(root: str, output: str, beam_args: list[str]) -> dict:
     from tfx.utils import proto_utils
 
     from components import image_folder_example_gen as gen
+    from components.config import IngestConfig
 
     started = time.monotonic()  # The pipeline process has TFX loaded already.
+    ingest = IngestConfig()  # What a run ingests with by default.
     input_config = gen.make_input_config(root)
     examples = standard_artifacts.Examples()
     examples.uri = output
     exec_properties = {
         "input_base": root,
         "input_config": proto_utils.proto_to_json(input_config),
-        "output_config": proto_utils.proto_to_json(gen.make_output_config(input_config, 20)),
+        "output_config": proto_utils.proto_to_json(gen.make_output_config(input_config, ingest)),
         "output_data_format": example_gen_pb2.FORMAT_TF_EXAMPLE,
         "output_file_format": example_gen_pb2.FORMAT_TFRECORDS_GZIP,
-        gen.INGEST_OPTIONS_KEY: json.dumps({"max_side": 1024}),
-        gen.MIN_IMAGES_PER_CLASS_KEY: 1,
+        gen.INGEST_CONFIG_KEY: gen.ingest_config_property(ingest),
     }
     context = base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=beam_args)
     gen.Executor(context).Do({}, {"examples": [examples]}, exec_properties)

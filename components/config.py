@@ -10,13 +10,22 @@ import dataclasses
 class IngestConfig:
     """How the image folder becomes examples, and when they are fit to train on.
 
+    Read by ImageFolderExampleGen (the file rules in `components/file_outcome.py`
+    and `components/image_normalization.py`), by `transferline scan`, and by the
+    DataGate.
+
     Attributes:
         eval_percent: Share of images (by content hash) held out for evaluation
             when the folder is not already split.
         test_percent: Share held out, by content hash, as a `test` split for
             reporting when the folder is not already split (0: no test split).
         min_images_per_class: A class with fewer usable images stops the run.
-        max_side: Longer image sides above this are downscaled at ingestion.
+        max_side: Images whose longer side exceeds this are downscaled at
+            ingestion (aspect ratio kept) so that the longer side equals it.
+        max_pixels: Images with more than this many pixels (width x height),
+            read from the header before any decoding, are skipped as
+            decompression bombs.
+        jpeg_quality: Quality of images re-encoded as JPEG at ingestion.
         span: With `span-<N>` folders, the span to ingest; 0 means the latest.
         span_window: With `span-<N>` folders, Transform and the Trainer read
             the last this many spans ingested (a rolling window); 1 is the
@@ -31,6 +40,8 @@ class IngestConfig:
     test_percent: int = 0
     min_images_per_class: int = 2
     max_side: int = 1024
+    max_pixels: int = 100_000_000
+    jpeg_quality: int = 95
     span: int = 0
     span_window: int = 1
     min_examples: int = 10
@@ -49,8 +60,9 @@ class IngestConfig:
             raise ValueError(
                 f"min_images_per_class must be >= 1, got {self.min_images_per_class}"
             )
-        if self.max_side < 32:
-            raise ValueError(f"max_side must be >= 32 pixels, got {self.max_side}")
+        _require_int_in_range("max_side", self.max_side, 32, None)
+        _require_int_in_range("max_pixels", self.max_pixels, 1, None)
+        _require_int_in_range("jpeg_quality", self.jpeg_quality, 1, 100)
         if self.span < 0:
             raise ValueError(f"span must be >= 0 (0 = the latest), got {self.span}")
         if self.span_window < 1:
@@ -60,6 +72,16 @@ class IngestConfig:
         if not 0 < self.max_label_drift <= 1:
             raise ValueError(f"max_label_drift must be in (0, 1], got {self.max_label_drift}")
         return self
+
+
+def _require_int_in_range(name: str, value: object, low: int, high: int | None) -> None:
+    """Raises ValueError naming `name` unless `value` is an int with low <= value (<= high)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
 
 
 @dataclasses.dataclass(frozen=True)

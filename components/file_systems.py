@@ -1,8 +1,8 @@
 """Listing and reading an image folder on local disk or in an object store.
 
-The ingestion rules (`components/image_files.py`, `components/image_folder.py`)
-reach files only through :func:`for_path`, which picks one of two file systems
-by the path alone:
+The ingestion rules (`components/folder_walk.py`, `components/file_outcome.py`,
+`components/image_folder.py`) reach files only through :func:`for_path`, which
+picks one of two file systems by the path alone:
 
 * a local path (no URI scheme) goes through `os`: fast, and it sees what only a
   local disk has, symlinks and (device, inode) identities, which the walk needs
@@ -73,11 +73,6 @@ class FileSystem(Protocol):
     def is_folder_target(self, path: str) -> tuple[bool, FileId | None]: ...
     def state(self, path: str) -> FileState: ...
     def open_regular(self, path: str) -> BinaryIO: ...
-
-
-def is_uri(path: str) -> bool:
-    """Whether `path` names a file system by scheme (``gs://...``), not a local path."""
-    return _URI_SCHEME.match(path) is not None
 
 
 def for_path(path: str) -> FileSystem:

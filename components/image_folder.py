@@ -1,8 +1,9 @@
 """Rules for an image folder as a whole: layouts, spans, splits, and the manifest summary.
 
-Pure Python, like `components/image_files.py` (which rules on one file at a
-time), so `transferline scan` applies exactly the rules ImageFolderExampleGen
-applies. Folders are listed through `components/file_systems.py`: `os` for
+Pure Python, like the rules on one file at a time (`components/folder_walk.py`,
+`components/file_outcome.py`), so `transferline scan` applies exactly the rules
+ImageFolderExampleGen applies, and `transferline run` can check a folder before
+any pipeline work. Folders are listed through `components/file_systems.py`: `os` for
 local paths, `tf.io.gfile` for object-store URIs (gs://, s3://, ...).
 
 Layouts (`LAYOUTS` lists the names):
@@ -24,7 +25,9 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from components import file_systems, image_files
+from components import file_systems, folder_walk
+from components.config import IngestConfig
+from components.file_outcome import FileStatus, IngestedFile
 from trainer.features import EVAL_SPLIT, TEST_SPLIT, TRAIN_SPLIT
 
 LAYOUT_CLASSES = "classes"
@@ -43,6 +46,7 @@ ALL_SPLIT = "all"
 EVAL_FOLDER_NAMES = ("val", "eval")
 SPLIT_ORDER = (TRAIN_SPLIT, EVAL_SPLIT, TEST_SPLIT)
 """Priority of given splits: an image found in several is kept in the first."""
+
 
 class IngestionError(ValueError):
     """The image folder cannot make a training set (one message says why)."""
@@ -184,7 +188,7 @@ def relative_prefix(data_root: str, split_pattern: str) -> str:
 
 def find_files(
     data_root: str, split_pattern: str, split: str = ""
-) -> Iterator[image_files.FoundFile]:
+) -> Iterator[folder_walk.FoundFile]:
     """Streams every file under a split's class root, paths relative to `data_root`.
 
     Args:
@@ -193,7 +197,7 @@ def find_files(
         split: The split name to record on each file ('' when not pre-split).
     """
     prefix = relative_prefix(data_root, split_pattern)
-    for found in image_files.walk_image_folder(pattern_root(data_root, split_pattern)):
+    for found in folder_walk.walk_image_folder(pattern_root(data_root, split_pattern)):
         if not prefix:
             yield dataclasses.replace(found, split=split)
             continue
@@ -215,11 +219,42 @@ def class_folders(data_root: str, split_pattern: str) -> list[str]:
     prefix = relative_prefix(data_root, split_pattern)
     folders = []
     for name in sorted(_names(root)):
-        if image_files.ignore_reason(f"{name}/x.jpg") is not None:
+        if folder_walk.ignore_reason(f"{name}/x.jpg") is not None:
             continue
         if file_systems.isdir(os.path.join(root, name)):
             folders.append(f"{prefix}/{name}/" if prefix else f"{name}/")
     return folders
+
+
+def count_classes(data_root: str, span: int = 0) -> int:
+    """Class folders of the training split (the span's, for span layouts), found by listing."""
+    _, _, roots = resolve_split_roots(data_root, span)
+    split, _ = roots[0]
+    return len(class_folders(data_root, split.pattern))
+
+
+def precheck_data_root(data_root: str, span: int = 0) -> None:
+    """Fast structural check before any pipeline work (no image is decoded).
+
+    Raises:
+        IngestionError: The folder (or span) is missing, or fewer than two
+            class folders of a split hold files with image extensions.
+    """
+    _, _, roots = resolve_split_roots(data_root, span)
+    for _, root in roots:
+        labels_with_images = set()
+        for found in folder_walk.walk_image_folder(root):
+            if found.label not in labels_with_images and folder_walk.ignore_reason(
+                found.relative_path
+            ) is None:
+                labels_with_images.add(found.label)
+        if not labels_with_images:
+            raise IngestionError(f"no images found under {root!r} (one subfolder per class)")
+        if len(labels_with_images) < 2:
+            raise IngestionError(
+                f"need at least two class folders with images under {root!r}, "
+                f"found {len(labels_with_images)}: {', '.join(sorted(labels_with_images))}"
+            )
 
 
 # ---------------------------------------------------------------------- hash split
@@ -235,6 +270,21 @@ def _varint(value: int) -> bytes:
         else:
             out.append(byte)
             return bytes(out)
+
+
+def hash_buckets(config: IngestConfig) -> list[tuple[str, int]]:
+    """(split name, hash buckets) of a folder split by content hash, in SplitConfig order.
+
+    Out of 100 buckets: `eval_percent` for eval, `test_percent` for test (no
+    test split at 0), the rest for train.
+    """
+    buckets = [
+        (TRAIN_SPLIT, 100 - config.eval_percent - config.test_percent),
+        (EVAL_SPLIT, config.eval_percent),
+    ]
+    if config.test_percent:
+        buckets.append((TEST_SPLIT, config.test_percent))
+    return buckets
 
 
 def hash_split(content_hash: str, splits: Sequence[tuple[str, int]]) -> str:
@@ -264,7 +314,7 @@ def hash_split(content_hash: str, splits: Sequence[tuple[str, int]]) -> str:
 # ------------------------------------------------------------------ summary checks
 
 
-def manifest_row(ingested: image_files.IngestedFile) -> dict[str, Any]:
+def manifest_row(ingested: IngestedFile) -> dict[str, Any]:
     """One manifest row: what happened to one file."""
     row = {
         "path": ingested.relative_path,
@@ -310,11 +360,11 @@ def summarize_manifest(
     leakage: list[dict[str, str]] = []
     for row in rows:
         by_status[row["status"]] += 1
-        if row["status"] in (image_files.FileStatus.KEPT, image_files.FileStatus.CONVERTED):
+        if row["status"] in (FileStatus.KEPT, FileStatus.CONVERTED):
             per_class[row["label"]] += 1
             per_split[row.get("split") or ALL_SPLIT][row["label"]] += 1
             folders_with_images.update(_folders_holding(row["path"], folder_set))
-        elif row["status"] != image_files.FileStatus.IGNORED:
+        elif row["status"] != FileStatus.IGNORED:
             not_used.append({"path": row["path"], "status": row["status"], "reason": row["reason"]})
         if row.get("leakage"):
             leakage.append({"path": row["path"], "same_as": row.get("same_as", "")})
@@ -325,7 +375,7 @@ def summarize_manifest(
             f"{len(leakage)} images appear in more than one given split (leakage); "
             "each is kept in the first split only"
         )
-    counted = {status.value: by_status[status.value] for status in image_files.FileStatus}
+    counted = {status.value: by_status[status.value] for status in FileStatus}
     files_seen = sum(by_status.values())
     return {
         "files_seen": files_seen,

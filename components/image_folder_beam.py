@@ -27,7 +27,10 @@ from apache_beam.coders import coders
 from apache_beam.io import filebasedsink
 from apache_beam.io.filesystem import CompressionTypes
 
-from components import image_files, image_folder
+from components import file_outcome, image_folder
+from components.config import IngestConfig
+from components.file_outcome import IngestedFile, ScreenedFile
+from components.folder_walk import FoundFile
 
 try:  # A C implementation, 10x faster than crcmod's (Beam's default).
     import google_crc32c
@@ -76,7 +79,7 @@ def encode_example(features: dict[str, bytes]) -> bytes:
     return _field(1, entries)
 
 
-def example_features(ingested: image_files.IngestedFile) -> dict[str, bytes]:
+def example_features(ingested: IngestedFile) -> dict[str, bytes]:
     """The features of one ingested image; keys as in trainer/features.py."""
     from trainer import features  # Plain constants, no TensorFlow.
 
@@ -88,7 +91,7 @@ def example_features(ingested: image_files.IngestedFile) -> dict[str, bytes]:
     }
 
 
-def serialized_example(ingested: image_files.IngestedFile) -> bytes:
+def serialized_example(ingested: IngestedFile) -> bytes:
     """The tf.train.Example of one ingested image, serialized."""
     return encode_example(example_features(ingested))
 
@@ -167,7 +170,7 @@ class HashSplitter:
     def __init__(self, splits: Sequence[tuple[str, int]]) -> None:
         self._splits = list(splits)
 
-    def __call__(self, ingested: image_files.IngestedFile) -> image_files.IngestedFile:
+    def __call__(self, ingested: IngestedFile) -> IngestedFile:
         if not ingested.content_hash:
             return ingested
         return dataclasses.replace(
@@ -175,7 +178,7 @@ class HashSplitter:
         )
 
 
-def has_image(ingested: image_files.IngestedFile) -> bool:
+def has_image(ingested: IngestedFile) -> bool:
     """Beam filter: the file yields a training image."""
     return ingested.has_image
 
@@ -186,36 +189,36 @@ class SplitIndex:
     def __init__(self, split_names: Sequence[str]) -> None:
         self._index = {name: index for index, name in enumerate(split_names)}
 
-    def __call__(self, ingested: image_files.IngestedFile, _: int) -> int:
+    def __call__(self, ingested: IngestedFile, _: int) -> int:
         return self._index[ingested.split]
 
 
-def _needs_decoding(screened: image_files.ScreenedFile, _: int) -> int:
+def _needs_decoding(screened: ScreenedFile, _: int) -> int:
     return 0 if screened.outcome is not None else 1
 
 
-def _hash_key(screened: image_files.ScreenedFile) -> tuple[str, image_files.FoundFile]:
+def _hash_key(screened: ScreenedFile) -> tuple[str, FoundFile]:
     return screened.content_hash, screened.found
 
 
-def _settled_line(screened: image_files.ScreenedFile) -> str:
+def _settled_line(screened: ScreenedFile) -> str:
     return _manifest_line(screened.outcome)
 
 
-def _walk_split(split: tuple[str, str], input_base: str) -> Iterator[image_files.FoundFile]:
+def _walk_split(split: tuple[str, str], input_base: str) -> Iterator[FoundFile]:
     name, pattern = split
     yield from image_folder.find_files(input_base, pattern, name)
 
 
-def _manifest_line(ingested: image_files.IngestedFile) -> str:
+def _manifest_line(ingested: IngestedFile) -> str:
     return json.dumps(image_folder.manifest_row(ingested), sort_keys=True)
 
 
 def _settle(
-    keyed: tuple[str, Sequence[image_files.FoundFile]], options: image_files.IngestOptions
-) -> Iterator[image_files.IngestedFile]:
+    keyed: tuple[str, Sequence[FoundFile]], config: IngestConfig
+) -> Iterator[IngestedFile]:
     content_hash, copies = keyed
-    return image_files.resolve_copies(copies, options, image_folder.SPLIT_ORDER, content_hash)
+    return file_outcome.resolve_copies(copies, config, image_folder.SPLIT_ORDER, content_hash)
 
 
 @beam.ptransform_fn
@@ -223,7 +226,7 @@ def AccountForFiles(  # noqa: N802 (a PTransform)
     pipeline: beam.Pipeline,
     input_base: str,
     splits: Sequence[tuple[str, str]],
-    options: image_files.IngestOptions,
+    config: IngestConfig,
     manifest_prefix: str,
     hash_splits: Sequence[tuple[str, int]] = (),
 ) -> beam.PCollection:
@@ -244,14 +247,14 @@ def AccountForFiles(  # noqa: N802 (a PTransform)
         | "Splits" >> beam.Create(list(splits))
         | "Walk" >> beam.FlatMap(_walk_split, input_base)
         | "Spread" >> beam.Reshuffle()
-        | "Screen" >> beam.Map(image_files.screen_file)
+        | "Screen" >> beam.Map(file_outcome.screen_file)
     )
     settled, to_decode = screened | "NeedsDecoding" >> beam.Partition(_needs_decoding, 2)
     resolved = (
         to_decode
         | "KeyByHash" >> beam.Map(_hash_key)
         | "GroupByHash" >> beam.GroupByKey()
-        | "DecodeOncePerContent" >> beam.FlatMap(_settle, options)
+        | "DecodeOncePerContent" >> beam.FlatMap(_settle, config)
     )
     if hash_splits:
         resolved = resolved | "SplitByHash" >> beam.Map(HashSplitter(hash_splits))

@@ -1,7 +1,7 @@
 """ImageFolderExampleGen: a folder of labelled images in, tf.Examples out.
 
 Layouts, spans and the manifest summary follow `components/image_folder.py`;
-each file follows `components/image_files.py` (both pure Python, shared with
+each file follows `components/file_outcome.py` (all pure Python, shared with
 `transferline scan`). Every file found is accounted for in a manifest written
 beside the examples (`<examples uri>/manifest/`, JSON lines: relative path,
 content hash, label, split, status, reason) and summarised in
@@ -16,7 +16,6 @@ runner's workers (`--direct_num_workers`, Flink, Spark, Dataflow).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -39,45 +38,26 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import proto_utils
 
-from components import file_systems, image_files, image_folder, image_folder_beam
-from components.image_folder import (  # noqa: F401 (re-exported: this module's API)
-    ALL_SPLIT,
-    EVAL_SPLIT,
-    LAYOUT_CLASSES,
-    LAYOUT_PRESPLIT,
-    LAYOUT_PRESPLIT_TEST,
-    LAYOUTS,
-    SPAN_FOLDER,
-    SPLIT_ORDER,
-    TEST_SPLIT,
-    TRAIN_SPLIT,
-    IngestionError,
-    check_classes,
-    has_spans,
-    manifest_row,
-    summarize_manifest,
-)
+from components import file_systems, image_folder, image_folder_beam
+from components.config import IngestConfig
+from components.image_folder import LAYOUTS  # noqa: F401 (kubeflow_runner reads it here)
 from trainer import features
 
-INGEST_OPTIONS_KEY = "ingest_options"
-MIN_IMAGES_PER_CLASS_KEY = "min_images_per_class"
+INGEST_CONFIG_KEY = "ingest_config"
 MANIFEST_DIR = "manifest"
 SUMMARY_FILE = "ingest_summary.json"
 _MANIFEST_DIR_KEY = "_manifest_dir"
+_MANIFEST_FILE_PREFIX = "manifest"
 _TFRECORD_FILE_NAME = "data_tfrecord"  # TFX's own name (write_split.DEFAULT_FILE_NAME).
+_EXECUTOR_SETTINGS = ("max_side", "max_pixels", "jpeg_quality", "min_images_per_class")
+"""The IngestConfig settings the executor reads from its `ingest_config` exec property.
+
+The split shares and the span reach it through the output and range configs; the
+rest (the data gate's limits, the span window) are left out, so that changing one
+does not invalidate a cached ingestion."""
 
 
 # --------------------------------------------------------------------------- layout
-
-
-def list_spans(data_root: str) -> list[int]:
-    """Span numbers of the `span-<N>` folders under `data_root` (local or object store)."""
-    return image_folder.list_spans(data_root)
-
-
-def detect_layout(data_root: str) -> str:
-    """Lists `data_root` (and its latest span folder) to name its layout, one of LAYOUTS."""
-    return image_folder.detect_layout(data_root)[0]
 
 
 def make_input_config(data_root: str, layout: str | None = None) -> example_gen_pb2.Input:
@@ -102,19 +82,19 @@ def make_input_config(data_root: str, layout: str | None = None) -> example_gen_
 
 
 def make_output_config(
-    input_config: example_gen_pb2.Input, eval_percent: int, test_percent: int = 0
+    input_config: example_gen_pb2.Input, ingest: IngestConfig
 ) -> example_gen_pb2.Output:
-    """Train/eval(/test) by content hash for a single input split; given splits otherwise."""
+    """Train/eval(/test) by content hash for a single input split; given splits otherwise.
+
+    The shares are `ingest.eval_percent` and `ingest.test_percent`
+    (see `image_folder.hash_buckets`).
+    """
     if len(input_config.splits) > 1:
         return example_gen_pb2.Output()
     splits = [
-        example_gen_pb2.SplitConfig.Split(
-            name=TRAIN_SPLIT, hash_buckets=100 - eval_percent - test_percent
-        ),
-        example_gen_pb2.SplitConfig.Split(name=EVAL_SPLIT, hash_buckets=eval_percent),
+        example_gen_pb2.SplitConfig.Split(name=name, hash_buckets=buckets)
+        for name, buckets in image_folder.hash_buckets(ingest)
     ]
-    if test_percent:
-        splits.append(example_gen_pb2.SplitConfig.Split(name=TEST_SPLIT, hash_buckets=test_percent))
     return example_gen_pb2.Output(
         split_config=example_gen_pb2.SplitConfig(
             splits=splits, partition_feature_name=features.HASH_KEY
@@ -131,40 +111,17 @@ def make_range_config(span: int) -> range_config_pb2.RangeConfig | None:
     )
 
 
-def find_files(
-    input_base: str, split_pattern: str, split: str = ""
-) -> Iterator[image_files.FoundFile]:
-    """Every file under the split's class root; see image_folder.find_files."""
-    return image_folder.find_files(input_base, split_pattern, split)
+# ------------------------------------------------------------ exec properties
 
 
-# ---------------------------------------------------------------------- Beam parts
+def ingest_config_property(config: IngestConfig) -> str:
+    """The `ingest_config` exec property: the settings the executor reads, as JSON."""
+    return json.dumps({name: getattr(config, name) for name in _EXECUTOR_SETTINGS}, sort_keys=True)
 
 
-def _manifest_prefix(exec_properties: dict[str, Any], name: str) -> str:
-    shard_name = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return os.path.join(exec_properties[_MANIFEST_DIR_KEY], f"manifest-{shard_name}")
-
-
-@beam.ptransform_fn
-@beam.typehints.with_input_types(beam.Pipeline)
-@beam.typehints.with_output_types(bytes)
-def _ImageFolderToExample(  # pylint: disable=invalid-name
-    pipeline: beam.Pipeline, exec_properties: dict[str, Any], split_pattern: str
-) -> beam.pvalue.PCollection:
-    """One input split's files as serialized tf.Examples (TFX's per-split API)."""
-    options = image_files.IngestOptions(**json.loads(exec_properties[INGEST_OPTIONS_KEY]))
-    return (
-        pipeline
-        | "Account" >> image_folder_beam.AccountForFiles(  # pylint: disable=no-value-for-parameter
-            exec_properties[standard_component_specs.INPUT_BASE_KEY],
-            [("", split_pattern)],
-            options,
-            _manifest_prefix(exec_properties, split_pattern),
-        )
-        | "KeepImages" >> beam.Filter(image_folder_beam.has_image)
-        | "ToExample" >> beam.Map(image_folder_beam.serialized_example)
-    )
+def _ingest_config(exec_properties: dict[str, Any]) -> IngestConfig:
+    """The IngestConfig an `ingest_config` exec property holds (its other settings default)."""
+    return IngestConfig(**json.loads(exec_properties[INGEST_CONFIG_KEY])).validate()
 
 
 # ------------------------------------------------------------------ summary checks
@@ -200,7 +157,8 @@ class Executor(BaseExampleGenExecutor):
     """Runs the Beam ingestion in one graph for all splits, then writes and checks the summary."""
 
     def GetInputSourceToExamplePTransform(self) -> beam.PTransform:  # noqa: N802 (TFX API)
-        return _ImageFolderToExample
+        """Not used: GenerateExamplesByBeam reads every split in one graph."""
+        raise NotImplementedError("ImageFolderExampleGen ingests all splits in one Beam graph")
 
     def GenerateExamplesByBeam(  # noqa: N802 (TFX API)
         self, pipeline: beam.Pipeline, exec_properties: dict[str, Any]
@@ -214,7 +172,6 @@ class Executor(BaseExampleGenExecutor):
         split_names = example_gen_utils.generate_output_split_names(input_config, output_config)
         given = len(input_config.splits) > 1
         splits = [(split.name if given else "", split.pattern) for split in input_config.splits]
-        options = image_files.IngestOptions(**json.loads(exec_properties[INGEST_OPTIONS_KEY]))
         hash_splits = [] if given else [
             (split.name, split.hash_buckets) for split in output_config.split_config.splits
         ]
@@ -222,8 +179,8 @@ class Executor(BaseExampleGenExecutor):
         resolved = pipeline | "Account" >> account(
             exec_properties[standard_component_specs.INPUT_BASE_KEY],
             splits,
-            options,
-            _manifest_prefix(exec_properties, "all"),
+            _ingest_config(exec_properties),
+            os.path.join(exec_properties[_MANIFEST_DIR_KEY], _MANIFEST_FILE_PREFIX),
             hash_splits,
         )
         images = resolved | "KeepImages" >> beam.Filter(image_folder_beam.has_image)
@@ -250,7 +207,7 @@ class Executor(BaseExampleGenExecutor):
         random order.
 
         Raises:
-            IngestionError: Fewer than two classes, or a class below
+            image_folder.IngestionError: Fewer than two classes, or a class below
                 `min_images_per_class`.
         """
         self._log_startup(input_dict, output_dict, exec_properties)
@@ -287,7 +244,7 @@ class Executor(BaseExampleGenExecutor):
             for split in input_config.splits
             for folder in image_folder.class_folders(input_base, split.pattern)
         ]
-        summary = summarize_manifest(read_manifest(examples.uri), folders)
+        summary = image_folder.summarize_manifest(read_manifest(examples.uri), folders)
         summary["span"] = examples.span
         with tf.io.gfile.GFile(os.path.join(examples.uri, SUMMARY_FILE), "w") as f:
             json.dump(summary, f, indent=2)
@@ -298,7 +255,9 @@ class Executor(BaseExampleGenExecutor):
         )
         for warning in summary["warnings"]:
             logging.warning("ImageFolderExampleGen: %s", warning)
-        check_classes(summary["images_per_class"], exec_properties[MIN_IMAGES_PER_CLASS_KEY])
+        image_folder.check_classes(
+            summary["images_per_class"], _ingest_config(exec_properties).min_images_per_class
+        )
 
 
 class Driver(example_gen_driver.FileBasedDriver):
@@ -333,7 +292,7 @@ def tree_fingerprint(input_base: str, split_patterns: Iterable[str]) -> str:
     fs = file_systems.for_path(input_base)
     digest = hashlib.sha256()
     for pattern in split_patterns:
-        for found in find_files(input_base, pattern):
+        for found in image_folder.find_files(input_base, pattern):
             try:
                 size, mtime_ns = fs.state(found.path)
                 state = f"{size}\0{mtime_ns}"
@@ -344,7 +303,7 @@ def tree_fingerprint(input_base: str, split_patterns: Iterable[str]) -> str:
 
 
 class ImageFolderExampleGenSpec(types.ComponentSpec):
-    """FileBasedExampleGen's parameters plus ingestion options."""
+    """FileBasedExampleGen's parameters plus the ingestion settings."""
 
     PARAMETERS = {
         standard_component_specs.INPUT_BASE_KEY: ExecutionParameter(type=str),
@@ -357,8 +316,7 @@ class ImageFolderExampleGenSpec(types.ComponentSpec):
         standard_component_specs.RANGE_CONFIG_KEY: ExecutionParameter(
             type=range_config_pb2.RangeConfig, optional=True
         ),
-        INGEST_OPTIONS_KEY: ExecutionParameter(type=str),
-        MIN_IMAGES_PER_CLASS_KEY: ExecutionParameter(type=int),
+        INGEST_CONFIG_KEY: ExecutionParameter(type=str),
     }
     INPUTS = {}
     OUTPUTS = {
@@ -382,8 +340,7 @@ class ImageFolderExampleGen(FileBasedExampleGen):
         input_base: str,
         input_config: example_gen_pb2.Input,
         output_config: example_gen_pb2.Output,
-        ingest_options: image_files.IngestOptions = image_files.IngestOptions(),
-        min_images_per_class: int = 2,
+        ingest: IngestConfig = IngestConfig(),
         range_config: range_config_pb2.RangeConfig | None = None,
     ) -> None:
         """Creates the component.
@@ -392,14 +349,12 @@ class ImageFolderExampleGen(FileBasedExampleGen):
             input_base: The image folder (local path or object-store URI).
             input_config: Input splits; see `make_input_config`.
             output_config: Output splits; see `make_output_config`.
-            ingest_options: Normalisation limits for each image.
-            min_images_per_class: A class with fewer usable images stops the run.
+            ingest: Ingestion settings (validated here); `ingest_config_property`
+                picks the ones the executor reads.
             range_config: Which spans to read, for `{SPAN}` patterns; see
                 `make_range_config`. None reads the latest span.
         """
-        ingest_options.validate()
-        if min_images_per_class < 1:
-            raise ValueError(f"min_images_per_class must be >= 1, got {min_images_per_class}")
+        ingest.validate()
         spec = ImageFolderExampleGenSpec(
             input_base=input_base,
             input_config=input_config,
@@ -407,39 +362,7 @@ class ImageFolderExampleGen(FileBasedExampleGen):
             output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
             output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
             range_config=range_config,
-            ingest_options=json.dumps(dataclasses.asdict(ingest_options), sort_keys=True),
-            min_images_per_class=min_images_per_class,
+            ingest_config=ingest_config_property(ingest),
             examples=types.Channel(type=standard_artifacts.Examples),
         )
         base_beam_component.BaseBeamComponent.__init__(self, spec=spec)
-
-
-def count_classes(data_root: str, span: int = 0) -> int:
-    """Class folders of the training split (the span's, for span layouts), found by listing."""
-    _, _, roots = image_folder.resolve_split_roots(data_root, span)
-    split, _ = roots[0]
-    return len(image_folder.class_folders(data_root, split.pattern))
-
-
-def precheck_data_root(data_root: str, span: int = 0) -> None:
-    """Fast structural check before any pipeline work (no image is decoded).
-
-    Raises:
-        IngestionError: The folder (or span) is missing, or fewer than two
-            class folders of a split hold files with image extensions.
-    """
-    _, _, roots = image_folder.resolve_split_roots(data_root, span)
-    for _, root in roots:
-        labels_with_images = set()
-        for found in image_files.walk_image_folder(root):
-            if found.label not in labels_with_images and image_files.ignore_reason(
-                found.relative_path
-            ) is None:
-                labels_with_images.add(found.label)
-        if not labels_with_images:
-            raise IngestionError(f"no images found under {root!r} (one subfolder per class)")
-        if len(labels_with_images) < 2:
-            raise IngestionError(
-                f"need at least two class folders with images under {root!r}, "
-                f"found {len(labels_with_images)}: {', '.join(sorted(labels_with_images))}"
-            )

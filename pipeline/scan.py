@@ -1,12 +1,13 @@
 """`transferline scan DIR [--json]`: the ingestion rules on a folder, without training.
 
 Applies exactly what ImageFolderExampleGen applies (`components/image_folder.py`
-for the layout, spans and splits, `components/image_files.py` for each file),
-without Beam, on a pool of worker processes: every file is
-hashed, each distinct content decoded once. It reports per-class counts, what
-would be skipped and why, duplicates, label conflicts, leakage between given
-splits, and the image-size distribution; the exit status says whether the
-folder can train (0) or not (2), so it can gate every data drop. DIR may be an
+for the layout, spans and splits, `components/file_outcome.py` for each file),
+with the same settings (`components.config.IngestConfig`), without Beam, on a
+pool of worker processes: every file is hashed, each distinct content decoded
+once. It reports per-class counts, what would be skipped and why, duplicates,
+label conflicts, leakage between given splits, and the image-size
+distribution; the exit status says whether the folder can train (0) or not
+(2), so it can gate every data drop. DIR may be an
 object-store URI (gs://, s3://): files are then read through `tf.io.gfile`.
 """
 
@@ -24,62 +25,39 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from components import image_files, image_folder
+from components import file_outcome, image_folder
+from components.config import IngestConfig
+from components.file_outcome import FileStatus, IngestedFile
+from components.folder_walk import FoundFile
 
 EXIT_OK = 0
 EXIT_UNFIT = 2
+DEFAULT_WORKERS = 2
+"""Worker processes of a scan; 1 scans in this process (needed for TF's in-process
+ram:// file system, which other processes cannot see)."""
+_INGEST_FLAGS: dict[str, str | None] = {
+    "span": "with span-N folders: the span (default latest)",
+    "max_side": None,
+    "eval_percent": None,
+    "test_percent": None,
+    "min_images_per_class": None,
+}
+"""The IngestConfig settings `scan` takes as flags (`--max-side`, ...), with their help."""
 _SIZE_BUCKETS = (256, 512, 1024, 2048, 4096)
 _LISTED = 20  # Lines per section in the text report; --json lists everything.
 _CONFLICT = "skipped: label conflict"
 
 
-@dataclasses.dataclass(frozen=True)
-class ScanSettings:
-    """What a scan applies; the defaults are ingestion's (see components.config.IngestConfig).
-
-    Attributes:
-        span: With span-<N> folders, the span to scan; 0 means the latest.
-        max_side: Longer sides above this would be downscaled.
-        eval_percent: Eval share by content hash, for folders not pre-split.
-        test_percent: Test share by content hash, for folders not pre-split.
-        min_images_per_class: A class with fewer usable images cannot train.
-        workers: Worker processes; 1 scans in this process (needed for TF's
-            in-process ram:// file system, which other processes cannot see).
-    """
-
-    span: int = 0
-    max_side: int = 1024
-    eval_percent: int = 20
-    test_percent: int = 0
-    min_images_per_class: int = 2
-    workers: int = 2
-
-    def validate(self) -> ScanSettings:
-        """Raises ValueError naming an impossible setting; returns self."""
-        from components.config import IngestConfig  # The same bounds as a run.
-
-        IngestConfig(
-            eval_percent=self.eval_percent, test_percent=self.test_percent,
-            min_images_per_class=self.min_images_per_class, max_side=self.max_side,
-            span=self.span,
-        ).validate()
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
-        return self
-
-
 # ------------------------------------------------------------------------ scanning
 
 
-def _settle(
-    group: tuple[str, list[image_files.FoundFile], image_files.IngestOptions],
-) -> list[image_files.IngestedFile]:
+def _settle(group: tuple[str, list[FoundFile], IngestConfig]) -> list[IngestedFile]:
     """resolve_copies in a worker, without shipping image bytes back."""
-    content_hash, copies, options = group
+    content_hash, copies, config = group
     return [
         dataclasses.replace(outcome, image_bytes=b"")
-        for outcome in image_files.resolve_copies(
-            copies, options, image_folder.SPLIT_ORDER, content_hash)
+        for outcome in file_outcome.resolve_copies(
+            copies, config, image_folder.SPLIT_ORDER, content_hash)
     ]
 
 
@@ -104,9 +82,14 @@ def _pool(workers: int):
 
 
 def account_for_files(
-    data_root: str, settings: ScanSettings
-) -> tuple[str, int, list[image_files.IngestedFile], list[str]]:
+    data_root: str, ingest: IngestConfig, workers: int
+) -> tuple[str, int, list[IngestedFile], list[str]]:
     """Every file's outcome under the ingestion rules.
+
+    Args:
+        data_root: The image folder.
+        ingest: The settings a run would ingest it with.
+        workers: Worker processes (see DEFAULT_WORKERS).
 
     Returns:
         (layout, span, one outcome per file found, the class folders found).
@@ -115,30 +98,26 @@ def account_for_files(
         image_folder.IngestionError: The folder or span does not exist.
         OSError: A folder cannot be listed.
     """
-    layout, span, roots = image_folder.resolve_split_roots(data_root, settings.span)
+    layout, span, roots = image_folder.resolve_split_roots(data_root, ingest.span)
     given = len(roots) > 1
-    found: list[image_files.FoundFile] = []
+    found: list[FoundFile] = []
     folders: list[str] = []
     for split, _ in roots:
         folders += image_folder.class_folders(data_root, split.pattern)
         found += image_folder.find_files(data_root, split.pattern, split.name if given else "")
-    options = image_files.IngestOptions(max_side=settings.max_side)
-    outcomes: list[image_files.IngestedFile] = []
-    with _pool(settings.workers) as pool:
-        by_hash: dict[str, list[image_files.FoundFile]] = collections.defaultdict(list)
-        for screened in pool.imap_unordered(image_files.screen_file, found, chunksize=32):
+    outcomes: list[IngestedFile] = []
+    with _pool(workers) as pool:
+        by_hash: dict[str, list[FoundFile]] = collections.defaultdict(list)
+        for screened in pool.imap_unordered(file_outcome.screen_file, found, chunksize=32):
             if screened.outcome is not None:
                 outcomes.append(screened.outcome)
             else:
                 by_hash[screened.content_hash].append(screened.found)
-        groups = ((content_hash, copies, options) for content_hash, copies in by_hash.items())
+        groups = ((content_hash, copies, ingest) for content_hash, copies in by_hash.items())
         for settled in pool.imap_unordered(_settle, groups, chunksize=4):
             outcomes += settled
     if not given:
-        splits = [(image_folder.TRAIN_SPLIT, 100 - settings.eval_percent - settings.test_percent),
-                  (image_folder.EVAL_SPLIT, settings.eval_percent)]
-        if settings.test_percent:
-            splits.append((image_folder.TEST_SPLIT, settings.test_percent))
+        splits = image_folder.hash_buckets(ingest)
         outcomes = [
             dataclasses.replace(
                 outcome, split=image_folder.hash_split(outcome.content_hash, splits))
@@ -149,22 +128,31 @@ def account_for_files(
     return layout, span, outcomes, folders
 
 
-def scan_folder(data_root: str, settings: ScanSettings = ScanSettings()) -> dict[str, Any]:
+def scan_folder(
+    data_root: str, ingest: IngestConfig = IngestConfig(), workers: int = DEFAULT_WORKERS
+) -> dict[str, Any]:
     """Scans a folder; returns the report `--json` prints.
+
+    Args:
+        data_root: The image folder (local path or object-store URI).
+        ingest: The settings a run would ingest it with.
+        workers: Worker processes (see DEFAULT_WORKERS).
 
     Raises:
         image_folder.IngestionError: The folder or span does not exist.
         ValueError: A setting is impossible.
     """
-    settings.validate()
+    ingest.validate()
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     started = time.monotonic()
-    layout, span, outcomes, folders = account_for_files(data_root, settings)
+    layout, span, outcomes, folders = account_for_files(data_root, ingest, workers)
     summary = image_folder.summarize_manifest(
         (image_folder.manifest_row(outcome) for outcome in outcomes), folders
     )
     problems = []
     try:
-        image_folder.check_classes(summary["images_per_class"], settings.min_images_per_class)
+        image_folder.check_classes(summary["images_per_class"], ingest.min_images_per_class)
     except image_folder.IngestionError as error:
         problems.append(str(error))
     not_used = summary.pop("not_used")
@@ -175,11 +163,12 @@ def scan_folder(data_root: str, settings: ScanSettings = ScanSettings()) -> dict
         "seconds": round(time.monotonic() - started, 3),
         **summary,
         "skipped": [row for row in not_used
-                    if row["status"] == "skipped" and not row["reason"].startswith(_CONFLICT)],
+                    if row["status"] == FileStatus.SKIPPED
+                    and not row["reason"].startswith(_CONFLICT)],
         "conflicts": [row for row in not_used if row["reason"].startswith(_CONFLICT)],
         "duplicates": [
             {"path": o.relative_path, "same_as": o.same_as, "leakage": o.leakage}
-            for o in outcomes if o.status is image_files.FileStatus.DUPLICATE
+            for o in outcomes if o.status is FileStatus.DUPLICATE
         ],
         "reasons": _reason_counts(outcomes),
         "image_sizes": size_distribution(
@@ -187,7 +176,7 @@ def scan_folder(data_root: str, settings: ScanSettings = ScanSettings()) -> dict
         ),
         "downscaled": sum(1 for o in outcomes
                           if o.has_image
-                          and max(o.source_width, o.source_height) > settings.max_side),
+                          and max(o.source_width, o.source_height) > ingest.max_side),
         "problems": problems,
         "fit": not problems,
     }
@@ -200,14 +189,14 @@ def _reason_kind(reason: str) -> str:
     return re.sub(r"\s+\d+x\d+ to \d+x\d+", "", kind)  # Sizes of a downscale.
 
 
-def _reason_counts(outcomes: Iterable[image_files.IngestedFile]) -> dict[str, int]:
+def _reason_counts(outcomes: Iterable[IngestedFile]) -> dict[str, int]:
     """How many files share each kind of reason (each conversion step counted)."""
     counts: collections.Counter[str] = collections.Counter()
     for outcome in outcomes:
         if not outcome.reason:
             continue
         status, _, details = outcome.reason.partition(": ")
-        parts = details.split("; ") if status == "converted" else [details]
+        parts = details.split("; ") if status == FileStatus.CONVERTED else [details]
         for part in parts:
             counts[_reason_kind(f"{status}: {part}")] += 1
     return dict(sorted(counts.items()))
@@ -307,24 +296,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     scan.set_defaults(handler=run_scan)
     scan.add_argument("data", metavar="DIR", help="image folder (same layouts as `run --data`)")
     scan.add_argument("--json", action="store_true", help="print the full report as JSON")
-    scan.add_argument("--span", type=int, help="with span-N folders: the span (default latest)")
-    scan.add_argument("--max-side", type=int)
-    scan.add_argument("--eval-percent", type=int)
-    scan.add_argument("--test-percent", type=int)
-    scan.add_argument("--min-images-per-class", type=int)
-    scan.add_argument("--workers", type=int, help="worker processes (default 2)")
+    for name, help_text in _INGEST_FLAGS.items():
+        scan.add_argument("--" + name.replace("_", "-"), type=int, help=help_text)
+    scan.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                      help=f"worker processes (default {DEFAULT_WORKERS})")
     scan.add_argument("--verbose", action="store_true")
 
 
 def run_scan(args: argparse.Namespace) -> int:
     """Handler of `transferline scan`: 0 when the folder can train, 2 otherwise."""
-    given = {
-        field.name: getattr(args, field.name)
-        for field in dataclasses.fields(ScanSettings)
-        if getattr(args, field.name, None) is not None
-    }
+    given = {name: getattr(args, name) for name in _INGEST_FLAGS if getattr(args, name) is not None}
     try:
-        report = scan_folder(args.data, ScanSettings(**given))
+        report = scan_folder(args.data, IngestConfig(**given), workers=args.workers)
     except (ValueError, OSError) as error:  # IngestionError is a ValueError.
         print(f"error: {error}", file=sys.stderr)
         return EXIT_UNFIT

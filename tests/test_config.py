@@ -160,3 +160,24 @@ def test_recorded_input_size_needs_only_backbone_and_image_size():
     assert recorded_input_size({"backbone": "vgg16"}) == 224
     assert recorded_input_size({"backbone": "no_such_backbone"}) is None
     assert recorded_input_size({"image_size": "big"}) is None
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (IngestConfig(max_side=0), "max_side must be >= 32, got 0"),
+        (IngestConfig(max_pixels=0), "max_pixels must be >= 1, got 0"),
+        (IngestConfig(jpeg_quality=101), "jpeg_quality must be <= 100, got 101"),
+        (IngestConfig(jpeg_quality=True), "jpeg_quality must be an int, got True"),
+    ],
+)
+def test_ingest_image_limits_are_named(config, message):
+    with pytest.raises(ValueError, match=message):
+        config.validate()
+
+
+def test_ingest_defaults_validate_and_are_frozen():
+    config = IngestConfig().validate()
+    assert (config.max_side, config.max_pixels, config.jpeg_quality) == (1024, 100_000_000, 95)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.max_side = 5  # type: ignore[misc]

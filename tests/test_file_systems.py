@@ -14,7 +14,14 @@ import tensorflow as tf
 from tfx import v1 as tfx
 from tfx.orchestration import metadata
 
-from components import file_systems, image_files, image_folder_example_gen
+from components import (
+    file_outcome,
+    file_systems,
+    folder_walk,
+    image_folder,
+    image_folder_example_gen,
+)
+from components.config import IngestConfig
 from pipeline import scan
 from tests.conftest import CLASS_COLOURS, encode, make_image
 from tests.test_image_folder_example_gen import _read_split, _run_executor
@@ -77,9 +84,9 @@ def test_paths_pick_their_file_system():
     assert file_systems.for_path("/data/images") is file_systems.LOCAL
     assert file_systems.for_path("images/cats") is file_systems.LOCAL
     for uri in ("gs://bucket/images", "s3://bucket/images", "ram://x/images"):
-        assert file_systems.is_uri(uri)
         assert file_systems.for_path(uri) is not file_systems.LOCAL
-    assert not file_systems.is_uri("C:/images") and not file_systems.is_uri("/a/gs://b")
+    assert file_systems.for_path("C:/images") is file_systems.LOCAL
+    assert file_systems.for_path("/a/gs://b") is file_systems.LOCAL
 
 
 def test_listing_trusts_trailing_slashes_only_where_they_mark_every_folder():
@@ -102,30 +109,30 @@ def test_listing_trusts_trailing_slashes_only_where_they_mark_every_folder():
 
 def test_walk_finds_the_same_files_in_ram_as_on_disk(twin_folders):
     local, ram = twin_folders
-    on_disk = [(f.relative_path, f.label) for f in image_files.walk_image_folder(local)]
-    in_ram = [(f.relative_path, f.label) for f in image_files.walk_image_folder(ram)]
+    on_disk = [(f.relative_path, f.label) for f in folder_walk.walk_image_folder(local)]
+    in_ram = [(f.relative_path, f.label) for f in folder_walk.walk_image_folder(ram)]
     assert in_ram == on_disk
     assert len(in_ram) == sum(EXPECTED_BY_STATUS.values())
-    found = next(f for f in image_files.walk_image_folder(ram) if f.relative_path == "red/000.jpg")
+    found = next(f for f in folder_walk.walk_image_folder(ram) if f.relative_path == "red/000.jpg")
     assert found.path == f"{ram}/red/000.jpg"
 
 
 def test_object_store_read_errors_are_skips_with_a_reason(ram_root):
     tf.io.gfile.makedirs(f"{ram_root}/cats")
-    missing = image_files.FoundFile(f"{ram_root}/cats/gone.jpg", "cats/gone.jpg", "cats")
-    result = image_files.ingest_file(missing)
-    assert result.status is image_files.FileStatus.SKIPPED
+    missing = folder_walk.FoundFile(f"{ram_root}/cats/gone.jpg", "cats/gone.jpg", "cats")
+    result = file_outcome.ingest_file(missing)
+    assert result.status is file_outcome.FileStatus.SKIPPED
     assert result.reason.startswith("skipped: unreadable file (FileNotFoundError: ")
-    assert image_files.screen_file(missing).outcome.reason == result.reason
+    assert file_outcome.screen_file(missing).outcome.reason == result.reason
     with pytest.raises(FileNotFoundError, match="gone.jpg"):
         file_systems.for_path(missing.path).state(missing.path)
 
 
 def test_listing_a_missing_object_store_folder_names_it(ram_root):
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        list(image_files.walk_image_folder(f"{ram_root}/nowhere"))
-    with pytest.raises(image_folder_example_gen.IngestionError, match="does not exist"):
-        image_folder_example_gen.precheck_data_root(f"{ram_root}/nowhere")
+        list(folder_walk.walk_image_folder(f"{ram_root}/nowhere"))
+    with pytest.raises(image_folder.IngestionError, match="does not exist"):
+        image_folder.precheck_data_root(f"{ram_root}/nowhere")
 
 
 # ------------------------------------------------------------------- scan and run
@@ -133,8 +140,8 @@ def test_listing_a_missing_object_store_folder_names_it(ram_root):
 
 def test_scan_of_ram_folder_matches_the_same_folder_on_disk(twin_folders):
     local, ram = twin_folders
-    settings = scan.ScanSettings(workers=1)  # ram:// is visible to this process only.
-    on_disk, in_ram = scan.scan_folder(local, settings), scan.scan_folder(ram, settings)
+    # ram:// is visible to this process only.
+    on_disk, in_ram = scan.scan_folder(local, workers=1), scan.scan_folder(ram, workers=1)
 
     assert in_ram["by_status"] == on_disk["by_status"] == EXPECTED_BY_STATUS
     assert in_ram["reconciles"] is True
@@ -180,7 +187,8 @@ def test_local_dag_runner_ingests_a_ram_root(twin_folders, tmp_path):
     example_gen = image_folder_example_gen.ImageFolderExampleGen(
         input_base=ram,
         input_config=input_config,
-        output_config=image_folder_example_gen.make_output_config(input_config, 25),
+        output_config=image_folder_example_gen.make_output_config(
+            input_config, IngestConfig(eval_percent=25)),
     ).with_id("ImageFolderExampleGen")
     metadata_path = str(tmp_path / "metadata.db")
     tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(

@@ -1,10 +1,13 @@
 """components/image_folder.py: layouts, spans, the hash split and the manifest summary."""
 
+import shutil
+
 import pytest
 from tfx.components.example_gen import base_example_gen_executor
 from tfx.proto import example_gen_pb2
 
 from components import image_folder
+from components.config import IngestConfig
 from components.image_folder import IngestionError
 from tests.conftest import write_class_folder
 from trainer import features
@@ -150,3 +153,39 @@ def test_check_classes():
         image_folder.check_classes({"a": 5}, 2)
     with pytest.raises(IngestionError, match=r"min_images_per_class=3: b \(1\)"):
         image_folder.check_classes({"a": 5, "b": 1}, 3)
+
+
+def _one_class(root):
+    write_class_folder(root, 1)
+    shutil.rmtree(root / "red")
+    shutil.rmtree(root / "green")
+    (root / "green").mkdir()  # an empty class folder is not a class
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda root: None, "does not exist"),
+        (lambda root: root.mkdir(), "no images found"),
+        (_one_class, "at least two class folders.*found 1: blue"),
+    ],
+)
+def test_precheck_names_the_problem(tmp_path, make, message):
+    root = tmp_path / "images"
+    make(root)
+    with pytest.raises(IngestionError, match=message):
+        image_folder.precheck_data_root(str(root))
+
+
+def test_count_classes_lists_the_training_split_of_the_span(tmp_path):
+    write_class_folder(tmp_path / "span-1" / "train", per_class=1)
+    write_class_folder(tmp_path / "span-1" / "val", per_class=1)
+    _touch(tmp_path, "span-2/train/cat/a.jpg", "span-2/train/dog/a.jpg", "span-2/val/cat/b.jpg")
+    assert image_folder.count_classes(str(tmp_path), span=1) == 3
+    assert image_folder.count_classes(str(tmp_path)) == 2
+
+
+def test_hash_buckets_share_100_buckets_and_leave_out_an_empty_test_split():
+    assert image_folder.hash_buckets(IngestConfig()) == [("train", 80), ("eval", 20)]
+    assert image_folder.hash_buckets(IngestConfig(eval_percent=25, test_percent=10)) == [
+        ("train", 65), ("eval", 25), ("test", 10)]

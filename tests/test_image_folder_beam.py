@@ -7,7 +7,8 @@ import sys
 import apache_beam as beam
 import tensorflow as tf
 
-from components import image_files, image_folder_beam
+from components import image_folder_beam
+from components.file_outcome import FileStatus, IngestedFile
 from trainer import features
 
 
@@ -23,8 +24,8 @@ def test_encode_example_is_a_tf_example():
 
 
 def test_serialized_example_uses_the_feature_keys():
-    ingested = image_files.IngestedFile(
-        relative_path="cats/a.jpg", label="cats", status=image_files.FileStatus.KEPT, reason="",
+    ingested = IngestedFile(
+        relative_path="cats/a.jpg", label="cats", status=FileStatus.KEPT, reason="",
         content_hash="ab" * 32, image_bytes=b"jpeg", image_format="jpeg", width=1, height=1,
     )
     parsed = tf.train.Example.FromString(image_folder_beam.serialized_example(ingested))

@@ -10,13 +10,17 @@ from tfx.proto import example_gen_pb2
 from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
+from components import image_folder
 from components import image_folder_example_gen as gen
+from components.config import IngestConfig
 from tests.conftest import CLASS_COLOURS, encode, make_image, write_class_folder
 from trainer import features
 
 
 def _run_executor(data_root, tmp_path, min_images_per_class=2, test_percent=0, span=None,
                   input_config=None):
+    ingest = IngestConfig(
+        eval_percent=25, test_percent=test_percent, min_images_per_class=min_images_per_class)
     input_config = input_config or gen.make_input_config(str(data_root))
     if span is not None:  # What the driver does: fill the {SPAN} spec in.
         for split in input_config.splits:
@@ -27,12 +31,11 @@ def _run_executor(data_root, tmp_path, min_images_per_class=2, test_percent=0, s
         "input_base": str(data_root),
         "input_config": proto_utils.proto_to_json(input_config),
         "output_config": proto_utils.proto_to_json(
-            gen.make_output_config(input_config, 25, test_percent)
+            gen.make_output_config(input_config, ingest)
         ),
         "output_data_format": example_gen_pb2.FORMAT_TF_EXAMPLE,
         "output_file_format": example_gen_pb2.FORMAT_TFRECORDS_GZIP,
-        gen.INGEST_OPTIONS_KEY: json.dumps({"max_side": 1024}),
-        gen.MIN_IMAGES_PER_CLASS_KEY: min_images_per_class,
+        gen.INGEST_CONFIG_KEY: gen.ingest_config_property(ingest),
     }
     if span is not None:
         exec_properties["span"] = span
@@ -109,7 +112,7 @@ def test_presplit_folders_are_taken_as_given(tmp_path):
     write_class_folder(tmp_path / "images" / "train", per_class=4)
     write_class_folder(tmp_path / "images" / "val", per_class=2, seed_offset=500)
     data = tmp_path / "images"
-    assert gen.detect_layout(str(data)) == gen.LAYOUT_PRESPLIT
+    assert image_folder.detect_layout(str(data))[0] == image_folder.LAYOUT_PRESPLIT
 
     examples = _run_executor(data, tmp_path)
 
@@ -126,37 +129,15 @@ def test_one_usable_class_stops_the_run(tmp_path):
     for label in ("green", "blue"):
         for path in (data / label).iterdir():
             path.write_bytes(b"<html>404</html>")
-    with pytest.raises(gen.IngestionError, match=r"at least two classes.*found 1 \(red\)"):
+    with pytest.raises(image_folder.IngestionError, match=r"at least two classes.*found 1 \(red\)"):
         _run_executor(data, tmp_path)
 
 
 def test_small_classes_stop_the_run(tmp_path):
     data = write_class_folder(tmp_path / "images", per_class=3)
     expected = r"min_images_per_class=5: blue \(3\), green \(3\)"
-    with pytest.raises(gen.IngestionError, match=expected):
+    with pytest.raises(image_folder.IngestionError, match=expected):
         _run_executor(data, tmp_path, min_images_per_class=5)
-
-
-def _one_class(root):
-    write_class_folder(root, 1)
-    shutil.rmtree(root / "red")
-    shutil.rmtree(root / "green")
-    (root / "green").mkdir()  # an empty class folder is not a class
-
-
-@pytest.mark.parametrize(
-    ("make", "message"),
-    [
-        (lambda root: None, "does not exist"),
-        (lambda root: root.mkdir(), "no images found"),
-        (_one_class, "at least two class folders.*found 1: blue"),
-    ],
-)
-def test_precheck_names_the_problem(tmp_path, make, message):
-    root = tmp_path / "images"
-    make(root)
-    with pytest.raises(gen.IngestionError, match=message):
-        gen.precheck_data_root(str(root))
 
 
 def test_tree_fingerprint_sees_nested_edits(tmp_path):
@@ -178,7 +159,8 @@ def test_component_refuses_bad_settings(tmp_path):
     with pytest.raises(ValueError, match="min_images_per_class"):
         gen.ImageFolderExampleGen(
             input_base=str(data), input_config=input_config,
-            output_config=gen.make_output_config(input_config, 20), min_images_per_class=0,
+            output_config=gen.make_output_config(input_config, IngestConfig()),
+            ingest=IngestConfig(min_images_per_class=0),
         )
 
 
@@ -197,7 +179,7 @@ def test_counts_reconcile_with_every_path_the_walk_finds(tmp_path):
 
     examples = _run_executor(data, tmp_path)
 
-    walked = list(gen.find_files(str(data), "*"))
+    walked = list(image_folder.find_files(str(data), "*"))
     summary = _summary(examples)
     by_status = summary["by_status"]
     assert summary["files_seen"] == len(walked) == 3 * 4 + 4
@@ -236,7 +218,7 @@ def test_presplit_test_split_and_leakage_across_given_splits(tmp_path):
     write_class_folder(data / "test", per_class=2, seed_offset=900)
     shutil.copy(data / "train" / "red" / "000.jpg", data / "val" / "red" / "leaked.jpg")
     shutil.copy(data / "train" / "blue" / "001.png", data / "test" / "blue" / "leaked.png")
-    assert gen.detect_layout(str(data)) == gen.LAYOUT_PRESPLIT_TEST
+    assert image_folder.detect_layout(str(data))[0] == image_folder.LAYOUT_PRESPLIT_TEST
 
     examples = _run_executor(data, tmp_path)
 
@@ -258,7 +240,7 @@ def test_span_layout_reads_the_resolved_span_and_records_it(tmp_path):
     data = tmp_path / "images"
     write_class_folder(data / "span-1", per_class=2)
     write_class_folder(data / "span-2", per_class=3, seed_offset=700)
-    assert gen.detect_layout(str(data)) == "span-classes"
+    assert image_folder.detect_layout(str(data))[0] == "span-classes"
 
     examples = _run_executor(data, tmp_path, span=2)
 

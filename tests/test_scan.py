@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from components import image_folder
+from components.config import IngestConfig
 from pipeline import cli, scan
 from tests.conftest import CLASS_COLOURS, encode, make_image, write_class_folder
 
@@ -63,7 +64,7 @@ def messy(tmp_path_factory):
 
 
 def test_scan_accounts_for_every_file_with_reasons(messy):
-    report = scan.scan_folder(str(messy), scan.ScanSettings(workers=1))
+    report = scan.scan_folder(str(messy), workers=1)
 
     assert report["layout"] == "classes" and report["reconciles"]
     counts = report["by_status"]
@@ -101,7 +102,7 @@ def test_scan_agrees_with_image_folder_example_gen(messy, tmp_path):
                 for row in gen.read_manifest(examples.uri)}
 
     report_outcomes = scan.account_for_files(
-        str(messy), scan.ScanSettings(eval_percent=25, workers=2))[2]
+        str(messy), IngestConfig(eval_percent=25), workers=2)[2]
     scanned = {o.relative_path: (o.status.value, o.split or None, o.reason)
                for o in report_outcomes}
     assert scanned == manifest
@@ -112,7 +113,7 @@ def test_presplit_leakage_and_the_verdict(tmp_path):
     write_class_folder(data / "train", per_class=3)
     write_class_folder(data / "val", per_class=1, seed_offset=99)
     shutil.copy(data / "train" / "red" / "000.jpg", data / "val" / "red" / "same.jpg")
-    report = scan.scan_folder(str(data), scan.ScanSettings(workers=1, min_images_per_class=5))
+    report = scan.scan_folder(str(data), IngestConfig(min_images_per_class=5), workers=1)
     assert report["layout"] == "presplit"
     assert report["duplicates"] == [
         {"path": "val/red/same.jpg", "same_as": "train/red/000.jpg", "leakage": True}]
