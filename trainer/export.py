@@ -16,8 +16,8 @@ error naming the image and the problem, so a server never decodes (or runs out
 of memory on) a decompression bomb.
 
 Only the classifier's variables are saved with the signatures, not the Keras
-model object and its per-layer functions: the SavedModel is a third of the size
-and loads several times faster (in the Evaluator, in TF Serving, in `predict`).
+model object and its per-layer functions, so the SavedModel is smaller and loads
+faster (in the Evaluator, in TF Serving, in `predict`).
 
 `assets.extra/classes.txt` lists the class names in the order of `scores`;
 `assets.extra/training.json`, when the Trainer gives it, records the training
@@ -234,9 +234,9 @@ class _ServingModule(tf.Module):
     """Holds the Transform layer, the classifier's variables and the class names.
 
     The signatures are traced without AutoGraph: they hold no Python control
-    flow on tensors, and converting the Transform layer and every function they
-    call took longer than all the rest of an export (EfficientNet-Lite0: 7.3 s ->
-    3 s)."""
+    flow on tensors, so converting the Transform layer and every function they
+    call would only add to the time an export takes.
+    """
 
     def __init__(
         self,
@@ -257,9 +257,9 @@ class _ServingModule(tf.Module):
         self._labelled_example_spec = {
             key: raw_spec[key] for key in (features.IMAGE_KEY, features.LABEL_KEY)
         }
-        # Each piece is traced once and called by every signature that needs it:
-        # tracing the backbone, the Transform graph and the checks again for
-        # each signature was most of an export's time.
+        # Each piece is traced once and called by every signature that needs it,
+        # instead of tracing the backbone, the Transform graph and the checks
+        # again for each signature.
         images = tf.TensorSpec([None], tf.string)
         self._check = _Untracked(tf.function(
             lambda image_bytes, input_name: check_encoded_images(
@@ -389,8 +389,8 @@ def read_training_record(export_dir: str) -> dict[str, Any]:
 
 def _save(module: _ServingModule, export_dir: str) -> None:
     # The Transform layer is a Keras model: saving it as one would trace its
-    # call, through AutoGraph, into functions no signature uses (most of a
-    # cold export's time). Its tables and assets are saved either way.
+    # call, through AutoGraph, into functions no signature uses. Its tables and
+    # assets are saved either way.
     with keras_saved_model_utils.keras_option_scope(save_traces=False):
         tf.saved_model.save(
             module,

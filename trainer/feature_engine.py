@@ -5,11 +5,10 @@ Two engines compute the same function:
 * ``tensorflow``: Keras `predict` on the frozen model (any device, any
   distribution strategy, mixed precision).
 * ``tflite``: the frozen model converted to TensorFlow Lite and run by its
-  XNNPACK CPU kernels, which are several times faster than TensorFlow's own on
-  CPUs for the depthwise and 1x1 convolutions of mobile backbones
-  (EfficientNet-Lite0 at 96 px on 2 cores: 37 s -> 17 s per 10 000 images).
-  The conversion freezes the weights into a flatbuffer in memory (about 3.5 s
-  there, with the check below).
+  XNNPACK CPU kernels, which are faster than TensorFlow's own on CPUs for the
+  depthwise and 1x1 convolutions of mobile backbones. The conversion freezes
+  the weights into a flatbuffer in memory, a cost paid once per frozen model
+  (with the check below), not per image.
 
 ``auto`` (the default) takes TFLite where it can only help: no GPU, one
 replica, float32 compute. Every TFLite model is checked against the Keras model
