@@ -36,6 +36,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import io_utils
 
+from components.config import IngestConfig
 from trainer import features
 
 STATISTICS_KEY = "statistics"
@@ -179,8 +180,8 @@ def evaluate(
     span: int = 0,
     previous: statistics_pb2.DatasetFeatureStatisticsList | None = None,
     previous_span: int | None = None,
-    min_examples: int = 1,
-    max_label_drift: float = 1.0,
+    min_examples: int,
+    max_label_drift: float,
     label_feature: str = features.LABEL_KEY,
 ) -> GateReport:
     """Checks the data of one span; pure, so it can be tested on TFDV statistics alone.
@@ -361,8 +362,7 @@ class DataGate(base_component.BaseComponent):
         schema: types.BaseChannel,
         anomalies: types.BaseChannel,
         previous_statistics: types.BaseChannel | None = None,
-        min_examples: int = 1,
-        max_label_drift: float = 1.0,
+        ingest: IngestConfig = IngestConfig(),
         label_feature: str = features.LABEL_KEY,
     ) -> None:
         """Creates the gate.
@@ -373,23 +373,23 @@ class DataGate(base_component.BaseComponent):
             anomalies: ExampleValidator's output.
             previous_statistics: Statistics of earlier spans (a resolved channel);
                 the gate compares with the largest span below the checked one.
-            min_examples: Fewest examples, all splits together.
-            max_label_drift: Largest accepted L-infinity distance between label
-                distributions of this span and the previous one, in (0, 1].
+            ingest: Its `min_examples` (fewest examples, all splits together)
+                and `max_label_drift` (largest accepted L-infinity distance
+                between label distributions of this span and the previous one).
             label_feature: The label feature's name.
+
+        Raises:
+            ValueError: `ingest` fails its validation, naming the setting.
         """
-        if min_examples < 1:
-            raise ValueError(f"min_examples must be >= 1, got {min_examples}")
-        if not 0 < max_label_drift <= 1:
-            raise ValueError(f"max_label_drift must be in (0, 1], got {max_label_drift}")
+        ingest.validate()
         super().__init__(
             spec=DataGateSpec(
                 statistics=statistics,
                 schema=schema,
                 anomalies=anomalies,
                 previous_statistics=previous_statistics,
-                min_examples=min_examples,
-                max_label_drift=float(max_label_drift),
+                min_examples=ingest.min_examples,
+                max_label_drift=float(ingest.max_label_drift),
                 label_feature=label_feature,
                 checked_schema=types.Channel(type=standard_artifacts.Schema),
             )

@@ -40,7 +40,6 @@ from tfx.utils import proto_utils
 
 from components import file_systems, image_folder, image_folder_beam
 from components.config import IngestConfig
-from components.image_folder import LAYOUTS  # noqa: F401 (kubeflow_runner reads it here)
 from trainer import features
 
 INGEST_CONFIG_KEY = "ingest_config"

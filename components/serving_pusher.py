@@ -21,10 +21,11 @@
 * `<serving dir>/models.config` (TF Serving's `--model_config_file`, a
   ModelServerConfig text proto) lists every model under the serving directory.
 * Each version carries its model card, `model_card.md` (see
-  `pipeline.model_card`), written while the version is still out of TF
+  `components.model_card`), written while the version is still out of TF
   Serving's sight: the model, its classes and training settings (from the
   model's `assets.extra/training.json`), and, given the Evaluator's
-  `evaluation` output, its eval metrics and the gate checks it passed. TF
+  `evaluation` output and the EvalConfig it was given, its eval metrics and
+  the gate checks (`components.tfma_results`). TF
   Serving loads only the SavedModel files and ignores the card (and a TFLite
   model in `assets.extra/`).
 """
@@ -41,9 +42,9 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_model_analysis as tfma
 from absl import logging
 from google.protobuf import text_format
-from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 from tfx import types
@@ -52,22 +53,22 @@ from tfx.components.pusher import executor as tfx_pusher_executor
 from tfx.dsl.components.base import base_component, executor_spec
 from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
-from tfx.types.component_spec import ChannelParameter
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import io_utils, json_utils, proto_utils
 from tfx.v1.components import Pusher
 
-from pipeline import model_card
+from components import model_card, tfma_results
+from components.config import GateConfig
 from trainer import export
-from trainer.config import recorded_input_size
 
 SOURCE_FILE = os.path.join("assets.extra", "transferline_source.json")
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MODELS_CONFIG_FILE = "models.config"
 MODEL_CARD_FILE = model_card.VERSION_CARD_FILE
-EVALUATION_KEY = "evaluation"
+EVALUATION_KEY = standard_component_specs.EVALUATION_KEY
+EVAL_CONFIG_KEY = standard_component_specs.EVAL_CONFIG_KEY
 ALREADY_SERVING_PROPERTY = "already_serving_version"
 KEEP_VERSIONS_KEY = "keep_versions"
-DEFAULT_KEEP_VERSIONS = 5
 WARMUP_BATCH_SIZES = (1, 32)
 STALE_INCOMPLETE_SECONDS = 24 * 3600
 _SAVED_MODEL_PB = "saved_model.pb"
@@ -156,6 +157,7 @@ def push_model(
     version: int,
     model_uri: str,
     card: model_card.ModelCardFacts | None = None,
+    pushed_at: float | None = None,
 ) -> str:
     """Copies a SavedModel to `<base_directory>/<version>`, complete or not at all.
 
@@ -167,13 +169,17 @@ def push_model(
         base_directory: `<serving dir>/<model name>`.
         version: The version to push as (see `next_version`).
         model_uri: The Model artifact, recorded to recognise a re-push.
-        card: The version's model card; its version and serving path are set
-            to where the version lands. None writes no card.
+        card: The version's model card; its version, serving path and push
+            time are set to where and when the version lands. None writes no card.
+        pushed_at: The push time (seconds since the epoch); default now.
 
     Returns:
         The version directory written.
     """
     model_name = os.path.basename(base_directory.rstrip("/"))
+    pushed_at = time.time() if pushed_at is None else pushed_at
+    if card is not None:
+        card = dataclasses.replace(card, pushed_at=model_card.format_utc(pushed_at))
     local = _is_local(base_directory)
     target = (
         os.path.join(base_directory, f".{version}{_INCOMPLETE}{uuid.uuid4().hex[:8]}")
@@ -184,7 +190,7 @@ def push_model(
     source = os.path.join(target, SOURCE_FILE)
     tf.io.gfile.makedirs(os.path.dirname(source))
     with tf.io.gfile.GFile(source, "w") as f:
-        json.dump({"model_uri": model_uri, "pushed_at": time.time()}, f)
+        json.dump({"model_uri": model_uri, "pushed_at": pushed_at}, f)
     write_warmup_requests(target, model_name)
     if not local:
         _write_card(card, target, version, target)
@@ -213,85 +219,20 @@ def _write_card(
         model_card.write_model_card(card, directory, MODEL_CARD_FILE)
 
 
-def model_card_facts(
-    model_path: str,
-    base_directory: str,
-    model_uri: str,
-    evaluation_uri: str | None = None,
-    blessing: types.Artifact | None = None,
-    pipeline_run: str = "",
-) -> model_card.ModelCardFacts:
-    """The card of `model_path` about to be pushed under `base_directory`.
-
-    Args:
-        model_path: The SavedModel (an export of `trainer.export`).
-        base_directory: `<serving dir>/<model name>`.
-        model_uri: The Trainer's Model artifact.
-        evaluation_uri: The Evaluator's `evaluation` output: the metrics and
-            the gate checks; None leaves them "not recorded".
-        blessing: The Evaluator's blessing (for the decision and the baseline).
-        pipeline_run: The pipeline run pushing it.
-    """
-    try:
-        classes = export.read_class_names(model_path)
-    except FileNotFoundError:  # a SavedModel not exported by trainer.export
-        classes = []
-    record = export.read_training_record(model_path)
-    blessed = (
-        bool(blessing.get_int_custom_property(evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY))
-        if blessing else None
-    )
-    metrics: dict[str, Any] = {}
-    gate: dict[str, Any] = {} if blessed is None else {"blessed": blessed}
-    if evaluation_uri is not None:
-        # Imported here: pipeline.evaluation reads the pipeline definition, which
-        # imports this module.
-        from pipeline import evaluation
-
-        metrics = evaluation.read_metrics(evaluation_uri, classes)
-        gate = evaluation.read_gate(evaluation_uri, bool(blessed))
-    baseline = (
-        blessing.get_string_custom_property(
-            evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY
-        )
-        if blessing else ""
-    )
-    return model_card.facts_at_push(
-        model_name=os.path.basename(base_directory.rstrip("/")),
-        version="0",  # set by push_model
-        serving_path="",
-        pushed_at=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        model_uri=model_uri,
-        classes=classes,
-        training_record=record,
-        input_size=recorded_input_size(record.get("config") or {}),
-        metrics=metrics,
-        gate=gate,
-        baseline_model=baseline or None,
-        pipeline_run=pipeline_run,
-        signatures=read_signatures(model_path),
-    )
+def read_source(version_dir: str) -> dict[str, Any]:
+    """What the push recorded in the version: `model_uri` and `pushed_at` (epoch seconds)."""
+    path = os.path.join(version_dir, SOURCE_FILE)
+    if not tf.io.gfile.exists(path):
+        return {}
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
 
 
-def read_signatures(model_path: str) -> tuple[model_card.SignatureInfo, ...]:
-    """The SavedModel's signatures, read from `saved_model.pb` without loading the model."""
-    saved_model = saved_model_pb2.SavedModel()
-    with tf.io.gfile.GFile(os.path.join(model_path, _SAVED_MODEL_PB), "rb") as f:
-        saved_model.ParseFromString(f.read())
-
-    def describe(tensors: Mapping[str, Any]) -> tuple[str, ...]:
-        return tuple(
-            f"{name}: {tf.as_dtype(info.dtype).name} "
-            f"[{', '.join('None' if d.size < 0 else str(d.size) for d in info.tensor_shape.dim)}]"
-            for name, info in sorted(tensors.items())
-        )
-
-    signatures = saved_model.meta_graphs[0].signature_def if saved_model.meta_graphs else {}
-    return tuple(
-        model_card.SignatureInfo(name, describe(signature.inputs), describe(signature.outputs))
-        for name, signature in sorted(signatures.items())
-        if not name.startswith("__")  # e.g. __saved_model_init_op
-    )
+def blessing_facts(blessing: Mapping[str, Any]) -> tuple[bool | None, str | None]:
+    """(blessed, baseline model URI) from a ModelBlessing's custom properties."""
+    blessed = blessing.get(evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY)
+    baseline = blessing.get(evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY)
+    return (None if blessed is None else bool(blessed)), (baseline or None)
 
 
 def prune_versions(base_directory: str, keep: int, protect: int | None = None) -> list[int]:
@@ -356,7 +297,7 @@ def write_models_config(serving_dir: str) -> str:
 
 
 def keep_versions_from(exec_properties: dict[str, Any]) -> int:
-    """`keep_versions` from the Pusher's custom_config (default `DEFAULT_KEEP_VERSIONS`).
+    """`keep_versions` from the Pusher's custom_config (default `GateConfig`'s).
 
     Raises:
         ValueError: It is not a positive integer.
@@ -364,7 +305,7 @@ def keep_versions_from(exec_properties: dict[str, Any]) -> int:
     custom_config = exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY) or {}
     if isinstance(custom_config, str):
         custom_config = json_utils.loads(custom_config) or {}
-    keep = custom_config.get(KEEP_VERSIONS_KEY, DEFAULT_KEEP_VERSIONS)
+    keep = custom_config.get(KEEP_VERSIONS_KEY, GateConfig.keep_versions)
     if not isinstance(keep, int) or keep < 1:
         raise ValueError(f"{KEEP_VERSIONS_KEY} must be an integer >= 1, got {keep!r}")
     return keep
@@ -404,16 +345,8 @@ class Executor(tfx_pusher_executor.Executor):
             write_models_config(serving_dir)
             return
         model_path = self.GetModelPath(input_dict)
-        evaluation = input_dict.get(EVALUATION_KEY)
-        blessing = input_dict.get(standard_component_specs.MODEL_BLESSING_KEY)
-        card = model_card_facts(
-            model_path,
-            base_directory,
-            model.uri,
-            evaluation_uri=artifact_utils.get_single_uri(evaluation) if evaluation else None,
-            blessing=blessing[0] if blessing else None,
-            pipeline_run=(self._context.pipeline_run_id or "") if self._context else "",
-        )
+        card = self._model_card(input_dict, exec_properties, model_path, model.uri,
+                                base_directory)
         serving_path = push_model(
             model_path, base_directory, next_version(base_directory), model.uri, card
         )
@@ -425,12 +358,53 @@ class Executor(tfx_pusher_executor.Executor):
         logging.info("Model pushed to %s; older versions deleted: %s.", serving_path, deleted)
 
 
+    def _model_card(
+        self,
+        input_dict: dict[str, list[types.Artifact]],
+        exec_properties: dict[str, Any],
+        model_path: str,
+        model_uri: str,
+        base_directory: str,
+    ) -> model_card.ModelCardFacts:
+        """The card of the version about to be pushed (its version set by `push_model`)."""
+        evaluation_artifacts = input_dict.get(EVALUATION_KEY)
+        evaluation = None
+        if evaluation_artifacts:
+            try:
+                classes = export.read_class_names(model_path)
+            except FileNotFoundError:  # a SavedModel not exported by trainer.export
+                classes = []
+            evaluation = tfma_results.read_evaluation(
+                artifact_utils.get_single_uri(evaluation_artifacts), classes,
+                exec_properties.get(EVAL_CONFIG_KEY),
+            )
+        blessing = input_dict.get(standard_component_specs.MODEL_BLESSING_KEY)
+        blessed, baseline = blessing_facts(
+            {name: blessing[0].get_custom_property(name)
+             for name in blessing[0].mlmd_artifact.custom_properties} if blessing else {}
+        )
+        return model_card.version_facts(
+            model_path=model_path,
+            model_uri=model_uri,
+            serving_path=os.path.join(base_directory, "0"),  # the version: set by push_model
+            pushed_at=None,
+            evaluation=evaluation,
+            blessed=blessed,
+            baseline_model=baseline,
+            pipeline_run=(self._context.pipeline_run_id or "") if self._context else "",
+        )
+
+
 class ServingPusherSpec(standard_component_specs.PusherSpec):
-    """TFX Pusher's spec, plus the Evaluator's `evaluation` for the model card."""
+    """TFX Pusher's spec, plus the Evaluator's `evaluation` and EvalConfig for the model card."""
 
     INPUTS = {
         **standard_component_specs.PusherSpec.INPUTS,
         EVALUATION_KEY: ChannelParameter(type=standard_artifacts.ModelEvaluation, optional=True),
+    }
+    PARAMETERS = {
+        **standard_component_specs.PusherSpec.PARAMETERS,
+        EVAL_CONFIG_KEY: ExecutionParameter(type=tfma.EvalConfig, optional=True),
     }
 
 
@@ -447,6 +421,7 @@ class ServingPusher(Pusher):
         push_destination: pusher_pb2.PushDestination,
         custom_config: dict[str, Any] | None = None,
         evaluation: types.BaseChannel | None = None,
+        eval_config: tfma.EvalConfig | None = None,
     ) -> None:
         """Pushes `model` when `model_blessing` blesses it.
 
@@ -457,6 +432,9 @@ class ServingPusher(Pusher):
             push_destination: Where versions go (a filesystem base directory).
             custom_config: ``{"keep_versions": K}``.
             evaluation: The Evaluator's evaluation, for the model card's metrics.
+            eval_config: The EvalConfig the Evaluator was given, for the card's
+                gate (TFX records it without change thresholds when there is no
+                baseline; the card still lists them, as not applied).
         """
         spec = ServingPusherSpec(
             model=model,
@@ -464,6 +442,7 @@ class ServingPusher(Pusher):
             push_destination=push_destination,
             custom_config=json_utils.dumps(custom_config),
             evaluation=evaluation,
+            eval_config=eval_config,
             pushed_model=types.Channel(type=standard_artifacts.PushedModel),
         )
         base_component.BaseComponent.__init__(self, spec=spec)

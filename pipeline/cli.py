@@ -100,7 +100,7 @@ def _add_report_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from components.image_folder_example_gen import IngestionError, precheck_data_root
+    from components.image_folder import IngestionError, precheck_data_root
     from pipeline import local_runner
 
     try:
@@ -134,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
 def _unfit_data_error(error: BaseException) -> BaseException | None:
     """The IngestionError or DataGateError behind a pipeline failure, if that is what it was."""
     from components.data_gate import DataGateError
-    from components.image_folder_example_gen import IngestionError
+    from components.image_folder import IngestionError
 
     seen = set()
     while error is not None and id(error) not in seen:
@@ -146,15 +146,14 @@ def _unfit_data_error(error: BaseException) -> BaseException | None:
 
 
 def _one_line(error: BaseException) -> str:
-    while error.__cause__ is not None or error.__context__ is not None:
-        error = error.__cause__ or error.__context__
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[-1] if text else ''}"
+    """A failed step's exception as one line: the error that started it."""
+    from trainer.errors import one_line, root_cause
+
+    return one_line(root_cause(error))
 
 
 def _print_run_report(summary: dict, args: argparse.Namespace, seconds: float) -> None:
-    from pipeline.evaluation import failing_checks
-    from pipeline.local_runner import SUMMARY_FILE
+    from pipeline.reporting.run_summary import SUMMARY_FILE, failing_checks
 
     examples = summary["examples"]
     accuracy = summary["metrics"].get("accuracy")
@@ -205,10 +204,10 @@ def _command_path() -> str:
 
 
 def _any_image(data_root: str) -> str | None:
-    from components import image_files
+    from components import folder_walk
 
-    for found in image_files.walk_image_folder(data_root):
-        if image_files.ignore_reason(found.relative_path) is None:
+    for found in folder_walk.walk_image_folder(data_root):
+        if folder_walk.ignore_reason(found.relative_path) is None:
             return found.path
     return None
 
@@ -234,12 +233,12 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from pipeline import report, report_data
+    from pipeline.reporting import report, runs
 
     limit = {} if args.max_images is None else {"max_misclassified": args.max_images}
     try:
         written = report.write_report(args.workdir, args.output, run_name=args.run_name, **limit)
-    except report_data.ReportError as error:
+    except runs.ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as error:  # noqa: BLE001 (one line instead of a traceback; --verbose shows it)

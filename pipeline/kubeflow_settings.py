@@ -12,6 +12,7 @@ import dataclasses
 import re
 from collections.abc import Sequence
 
+from components import image_folder
 from pipeline.names import MODEL_NAME, PIPELINE_NAME
 
 # Beam on the component's own pod (DirectRunner), one worker process per core; the
@@ -19,7 +20,7 @@ from pipeline.names import MODEL_NAME, PIPELINE_NAME
 DEFAULT_BEAM_ARGS = ("--direct_running_mode=multi_processing", "--direct_num_workers=0")
 
 # The data folder's layout: "auto" (list it at compile time) or one of
-# components.image_folder_example_gen.LAYOUTS.
+# components.image_folder.LAYOUTS.
 LAYOUT_AUTO = "auto"
 OBJECT_STORE_SCHEMES = ("gs", "s3", "hdfs")
 
@@ -44,7 +45,7 @@ class KubeflowConfig:
         serving_dir: TF Serving's base directory; models go to `<serving_dir>/<model_name>`.
         model_name: The TF Serving model name.
         pipeline_name: Pipeline name in KFP and ML Metadata.
-        layout: One of image_folder_example_gen.LAYOUTS ("classes": a folder per
+        layout: One of image_folder.LAYOUTS ("classes": a folder per
             class; "presplit": train/ and val/; "span-classes": span-<N>/<class>/...),
             or "auto": list `data_root` at compile time to find out, which needs
             this machine to see it; object stores need an explicit layout.
@@ -122,7 +123,7 @@ class KubeflowConfig:
         _require(PIPELINE_NAME_PATTERN.fullmatch(self.pipeline_name) is not None,
                  f"pipeline_name must be lower-case letters, digits and '-', starting and "
                  f"ending with a letter or digit, got {self.pipeline_name!r}")
-        layouts = (LAYOUT_AUTO, *_data_layouts())
+        layouts = (LAYOUT_AUTO, *image_folder.LAYOUTS)
         _require(self.layout in layouts,
                  f"layout must be one of {', '.join(layouts)}, got {self.layout!r}")
         _require(not (self.layout == LAYOUT_AUTO and is_object_store(self.data_root)),
@@ -140,12 +141,6 @@ class KubeflowConfig:
                      f"{name} must be a number > 0, got {value!r}")
         _check_beam_args(self.beam_pipeline_args)
         return self
-
-
-def _data_layouts() -> tuple[str, ...]:
-    from components import image_folder_example_gen  # imports TensorFlow
-
-    return image_folder_example_gen.LAYOUTS
 
 
 def is_object_store(path: str) -> bool:

@@ -12,12 +12,11 @@ from ml_metadata import metadata_store
 from tfx import v1 as tfx
 
 from components.config import GateConfig, IngestConfig
-from pipeline import run_summary
+from pipeline.names import PIPELINE_NAME
 from pipeline.pipeline import create_pipeline
+from pipeline.reporting import run_summary, runs
 from trainer.config import TrainingConfig
 
-PIPELINE_NAME = "transferline"
-SUMMARY_FILE = "run_summary.json"
 DEFAULT_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
 
 
@@ -33,7 +32,7 @@ class WorkdirLayout:
 
     @property
     def metadata_path(self) -> str:
-        return os.path.join(self.workdir, "metadata.sqlite")
+        return os.path.join(self.workdir, runs.METADATA_FILE)
 
     @property
     def serving_dir(self) -> str:
@@ -41,7 +40,7 @@ class WorkdirLayout:
 
     @property
     def summary_path(self) -> str:
-        return os.path.join(self.workdir, SUMMARY_FILE)
+        return os.path.join(self.workdir, run_summary.SUMMARY_FILE)
 
     def serving_model_dir(self, model_name: str) -> str:
         return os.path.join(self.serving_dir, model_name)
@@ -60,7 +59,7 @@ def run_local(
     """Runs the pipeline with LocalDagRunner and writes `<workdir>/run_summary.json`.
 
     Returns:
-        The run summary (see `pipeline.run_summary.build_summary`).
+        The run summary (see `pipeline.reporting.run_summary.build_summary`).
     """
     layout = WorkdirLayout(os.path.abspath(workdir))
     os.makedirs(layout.workdir, exist_ok=True)
@@ -81,7 +80,7 @@ def run_local(
         )
     )
     store = metadata_store.MetadataStore(metadata_config)
-    summary = run_summary.build_summary(run_summary.read_latest_run(store, PIPELINE_NAME))
+    summary = run_summary.build_summary(runs.find_run(store, PIPELINE_NAME))
     with open(layout.summary_path, "w") as f:
         json.dump(summary, f, indent=2)
     return summary

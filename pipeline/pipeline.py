@@ -2,36 +2,31 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 
-import tensorflow_model_analysis as tfma
 from google.protobuf import message
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 from tfx.dsl.input_resolution import canned_resolver_functions
+from tfx.types import standard_component_specs as keys
 
-from components import image_files
 from components.config import GateConfig, IngestConfig
 from components.data_gate import CHECKED_SCHEMA_KEY, DataGate
+from components.eval_config import make_eval_config
+from components.image_folder import count_classes, detect_layout, has_spans
 from components.image_folder_example_gen import (
     ImageFolderExampleGen,
-    count_classes,
-    detect_layout,
-    has_spans,
     make_input_config,
     make_output_config,
     make_range_config,
 )
 from components.serving_pusher import KEEP_VERSIONS_KEY, ServingPusher
 from pipeline.warm_start_resolver import BlessedBeforeDataStrategy
-from trainer import export, features
+from trainer import features
 from trainer.config import TrainingConfig
 
 TRANSFORM_MODULE = "trainer.transform.preprocessing_fn"
 TRAINER_MODULE = "trainer.model.run_fn"
-ACCURACY_METRIC = "accuracy"
-TOP_K_ACCURACY_METRIC = "top_k_accuracy"
 
 # Node ids, stable across runs and runners.
 EXAMPLE_GEN = "ImageFolderExampleGen"
@@ -50,103 +45,6 @@ NODE_IDS = (
     WARM_START_RESOLVER, TRAINER, BASELINE_RESOLVER, EVALUATOR, PUSHER,
 )
 RESOLVER_IDS = (WARM_START_RESOLVER, BASELINE_RESOLVER)
-
-
-def make_eval_config(
-    gate: GateConfig, num_classes: int | None = None, baseline: bool = True
-) -> tfma.EvalConfig:
-    """What the Evaluator measures, and the gate a candidate must pass to be blessed.
-
-    The model's `serving_examples` signature runs once per eval example (images
-    are decoded once, with no separate preprocessing function). Labels are the
-    examples' raw `label` strings, which TFMA maps to class indices through the
-    model's own `classes` output, so a baseline whose vocabulary orders the
-    classes differently is still scored correctly. Metrics are computed overall
-    and per true class (each class's slice accuracy is that class's recall):
-    accuracy (precision of the top-1 class, micro-averaged), top-k accuracy
-    (recall of the top k), the multi-class confusion matrix and example counts.
-    All are TFMA-native, so no Keras metric is compiled.
-
-    The gate: overall accuracy at least `min_accuracy`, and no drop of more than
-    `max_accuracy_drop` against the last blessed model; with `min_class_recall`,
-    every class's recall at least that. Without a `baseline` model the
-    no-regression bound is left out (TFMA refuses a change threshold then).
-
-    Top-k accuracy is measured only when `num_classes` is known to exceed k
-    (TFMA fails on a model with k scores or fewer).
-    """
-    overall = tfma.SlicingSpec()
-    per_class = tfma.SlicingSpec(feature_keys=[features.LABEL_KEY])
-    accuracy_gate = [
-        tfma.PerSliceMetricThreshold(
-            slicing_specs=[overall],
-            threshold=tfma.MetricThreshold(
-                value_threshold=tfma.GenericValueThreshold(
-                    lower_bound={"value": gate.min_accuracy}
-                ),
-                change_threshold=tfma.GenericChangeThreshold(
-                    direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-                    absolute={"value": -gate.max_accuracy_drop - 1e-10},
-                ) if baseline else None,
-            ),
-        )
-    ]
-    if gate.min_class_recall > 0:
-        accuracy_gate.append(
-            tfma.PerSliceMetricThreshold(
-                slicing_specs=[per_class],
-                threshold=tfma.MetricThreshold(
-                    value_threshold=tfma.GenericValueThreshold(
-                        lower_bound={"value": gate.min_class_recall}
-                    )
-                ),
-            )
-        )
-    return tfma.EvalConfig(
-        model_specs=[
-            tfma.ModelSpec(
-                signature_name=export.SERVING_EXAMPLES,
-                label_key=features.LABEL_KEY,
-                # Known, so TFMA does not try loading each model as Keras first.
-                model_type=tfma.TF_GENERIC,
-            )
-        ],
-        slicing_specs=[overall, per_class],
-        metrics_specs=[
-            tfma.MetricsSpec(
-                metrics=[
-                    tfma.MetricConfig(
-                        class_name="Precision",
-                        config=json.dumps({"name": ACCURACY_METRIC}),
-                        per_slice_thresholds=accuracy_gate,
-                    )
-                ],
-                binarize=tfma.BinarizationOptions(top_k_list={"values": [1]}),
-            ),
-            *_top_k_metrics_specs(gate.accuracy_top_k, num_classes),
-            tfma.MetricsSpec(
-                metrics=[
-                    tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot"),
-                    tfma.MetricConfig(class_name="ExampleCount"),
-                ]
-            ),
-        ],
-    )
-
-
-def _top_k_metrics_specs(k: int, num_classes: int | None) -> list[tfma.MetricsSpec]:
-    if num_classes is None or num_classes <= k:
-        return []
-    return [
-        tfma.MetricsSpec(
-            metrics=[
-                tfma.MetricConfig(
-                    class_name="Recall", config=json.dumps({"name": TOP_K_ACCURACY_METRIC})
-                )
-            ],
-            binarize=tfma.BinarizationOptions(top_k_list={"values": [k]}),
-        )
-    ]
 
 
 def _every_output_of(node_id: str, output_key: str, artifact_type: type) -> tfx.dsl.Channel:
@@ -190,7 +88,7 @@ def create_pipeline(
         platform_configs: Orchestrator resource requests by node id (for Kubeflow
             V2, a `PipelineContainerSpec.ResourceSpec`, e.g. GPUs for the Trainer).
         enable_cache: Reuse outputs of nodes whose inputs did not change.
-        layout: The data folder's layout, one of image_folder_example_gen.LAYOUTS
+        layout: The data folder's layout, one of components.image_folder.LAYOUTS
             (e.g. "classes", "presplit-test", "span-classes"); None lists
             `data_root` to find it, which an object store may not allow.
         baseline: Evaluate against the last blessed model (a Resolver node) and
@@ -211,11 +109,11 @@ def create_pipeline(
 
     # A given layout lists nothing; otherwise the folder is listed (for val/ or eval/ too).
     input_config = make_input_config(data_root, layout)
-    spans = has_spans(layout or detect_layout(data_root))
+    spans = has_spans(layout or detect_layout(data_root)[0])
     if not spans and (ingest.span or ingest.span_window > 1):
         raise ValueError(
             f"span={ingest.span} and span_window={ingest.span_window} need span-<N> folders; "
-            f"the data layout is {layout or detect_layout(data_root)!r}"
+            f"the data layout is {layout or detect_layout(data_root)[0]!r}"
         )
 
     # Read the image folder (the latest span, or the one asked) into tf.Examples,
@@ -223,22 +121,22 @@ def create_pipeline(
     example_gen = ImageFolderExampleGen(
         input_base=data_root,
         input_config=input_config,
-        output_config=make_output_config(input_config, ingest.eval_percent, ingest.test_percent),
-        ingest_options=image_files.IngestOptions(max_side=ingest.max_side),
-        min_images_per_class=ingest.min_images_per_class,
+        output_config=make_output_config(input_config, ingest),
+        ingest=ingest,
         range_config=make_range_config(ingest.span) if spans else None,
     ).with_id(EXAMPLE_GEN)
     components.append(example_gen)
 
     # Compute statistics, infer a schema, and check the examples against it.
     statistics_gen = tfx.components.StatisticsGen(
-        examples=example_gen.outputs["examples"]
+        examples=example_gen.outputs[keys.EXAMPLES_KEY]
     ).with_id(STATISTICS_GEN)
     schema_gen = tfx.components.SchemaGen(
-        statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True
+        statistics=statistics_gen.outputs[keys.STATISTICS_KEY], infer_feature_shape=True
     ).with_id(SCHEMA_GEN)
     example_validator = tfx.components.ExampleValidator(
-        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
+        statistics=statistics_gen.outputs[keys.STATISTICS_KEY],
+        schema=schema_gen.outputs[keys.SCHEMA_KEY],
     ).with_id(EXAMPLE_VALIDATOR)
     components += [statistics_gen, schema_gen, example_validator]
 
@@ -247,30 +145,29 @@ def create_pipeline(
     # previous span (its statistics resolved from ML Metadata). Transform and the
     # Trainer read the schema the gate passes on, so nothing trains on unfit data.
     data_gate = DataGate(
-        statistics=statistics_gen.outputs["statistics"],
-        schema=schema_gen.outputs["schema"],
-        anomalies=example_validator.outputs["anomalies"],
+        statistics=statistics_gen.outputs[keys.STATISTICS_KEY],
+        schema=schema_gen.outputs[keys.SCHEMA_KEY],
+        anomalies=example_validator.outputs[keys.ANOMALIES_KEY],
         previous_statistics=(
             _every_output_of(
-                STATISTICS_GEN, "statistics", tfx.types.standard_artifacts.ExampleStatistics
+                STATISTICS_GEN, keys.STATISTICS_KEY, tfx.types.standard_artifacts.ExampleStatistics
             )
             if spans else None
         ),
-        min_examples=ingest.min_examples,
-        max_label_drift=ingest.max_label_drift,
+        ingest=ingest,
     ).with_id(DATA_GATE)
     components.append(data_gate)
     checked_schema = data_gate.outputs[CHECKED_SCHEMA_KEY]
 
     # With spans, Transform and the Trainer may read a rolling window of the last
     # spans ingested (TFX's rolling_range over every ExampleGen output in ML Metadata).
-    training_examples = example_gen.outputs["examples"]
+    training_examples = example_gen.outputs[keys.EXAMPLES_KEY]
     if spans and ingest.span_window > 1:
         training_examples = canned_resolver_functions.rolling_range(
             tfx.dsl.Channel(
                 type=tfx.types.standard_artifacts.Examples,
                 producer_component_id=EXAMPLE_GEN,
-                output_key="examples",
+                output_key=keys.EXAMPLES_KEY,
             ),
             num_spans=ingest.span_window,
             min_spans=1,
@@ -298,16 +195,16 @@ def create_pipeline(
             examples=training_examples,
         ).with_id(WARM_START_RESOLVER)
         components.append(warm_start_resolver)
-        warm_start_model = warm_start_resolver.outputs["model"]
+        warm_start_model = warm_start_resolver.outputs[keys.MODEL_KEY]
 
     # Train a new head on the frozen pretrained backbone (from the base model's if it fits).
     trainer = tfx.components.Trainer(
         run_fn=TRAINER_MODULE,
         examples=training_examples,
-        transform_graph=transform.outputs["transform_graph"],
+        transform_graph=transform.outputs[keys.TRANSFORM_GRAPH_KEY],
         schema=checked_schema,
-        train_args=tfx.proto.TrainArgs(splits=["train"]),
-        eval_args=tfx.proto.EvalArgs(splits=["eval"]),
+        train_args=tfx.proto.TrainArgs(splits=[features.TRAIN_SPLIT]),
+        eval_args=tfx.proto.EvalArgs(splits=[features.EVAL_SPLIT]),
         custom_config=training.to_dict(),
         base_model=warm_start_model,
     ).with_id(TRAINER)
@@ -322,28 +219,30 @@ def create_pipeline(
             model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
         ).with_id(BASELINE_RESOLVER)
         components.append(baseline_resolver)
-        baseline_model = baseline_resolver.outputs["model"]
+        baseline_model = baseline_resolver.outputs[keys.MODEL_KEY]
 
     # Bless the candidate only if it clears the absolute and no-regression bounds.
+    eval_config = make_eval_config(
+        gate, num_classes=None if layout else count_classes(data_root, ingest.span),
+        baseline=baseline,
+    )
     evaluator = tfx.components.Evaluator(
-        examples=example_gen.outputs["examples"],
-        model=trainer.outputs["model"],
+        examples=example_gen.outputs[keys.EXAMPLES_KEY],
+        model=trainer.outputs[keys.MODEL_KEY],
         baseline_model=baseline_model,
-        schema=schema_gen.outputs["schema"],
-        eval_config=make_eval_config(
-            gate, num_classes=None if layout else count_classes(data_root, ingest.span),
-            baseline=baseline,
-        ),
-        example_splits=["eval"],
+        schema=schema_gen.outputs[keys.SCHEMA_KEY],
+        eval_config=eval_config,
+        example_splits=[features.EVAL_SPLIT],
     ).with_id(EVALUATOR)
     components.append(evaluator)
 
     # Push a blessed model, once, into TF Serving's <model>/<version>/ layout, with
     # warm-up requests, a model card and models.config; keep the newest versions.
     pusher = ServingPusher(
-        model=trainer.outputs["model"],
-        model_blessing=evaluator.outputs["blessing"],
-        evaluation=evaluator.outputs["evaluation"],
+        model=trainer.outputs[keys.MODEL_KEY],
+        model_blessing=evaluator.outputs[keys.BLESSING_KEY],
+        evaluation=evaluator.outputs[keys.EVALUATION_KEY],
+        eval_config=eval_config,
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)
         ),

@@ -11,6 +11,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import io_utils
 
 from components import data_gate
+from components.config import IngestConfig
 from components.data_gate import DataGateError
 
 LABEL = "label"
@@ -103,7 +104,8 @@ def test_example_validator_anomalies_stop_the_run():
     info = anomalies.anomaly_info["image"]
     info.short_description = "Column dropped"
     report = data_gate.evaluate(statistics=statistics, schema=_schema(statistics),
-                                anomalies={"eval": anomalies}, min_examples=1)
+                                anomalies={"eval": anomalies}, min_examples=1,
+                                max_label_drift=1.0)
     assert report.problems == ["ExampleValidator: split eval, feature image: Column dropped"]
 
 
@@ -175,9 +177,9 @@ def test_component_refuses_impossible_settings():
     schema = channel.Channel(type=standard_artifacts.Schema)
     anomalies = channel.Channel(type=standard_artifacts.ExampleAnomalies)
     with pytest.raises(ValueError, match="min_examples must be >= 1, got 0"):
-        data_gate.DataGate(stats(), schema, anomalies, min_examples=0)
+        data_gate.DataGate(stats(), schema, anomalies, ingest=IngestConfig(min_examples=0))
     with pytest.raises(ValueError, match=r"max_label_drift must be in \(0, 1\], got 1.5"):
-        data_gate.DataGate(stats(), schema, anomalies, max_label_drift=1.5)
+        data_gate.DataGate(stats(), schema, anomalies, ingest=IngestConfig(max_label_drift=1.5))
     gate = data_gate.DataGate(stats(), schema, anomalies, previous_statistics=stats())
     assert set(gate.outputs) == {data_gate.CHECKED_SCHEMA_KEY}
 

@@ -2,8 +2,9 @@
 
 import pytest
 
-from pipeline import model_card
-from pipeline.model_card import ClassScore, GateCheck, ModelCardFacts, SignatureInfo
+from components import model_card, tfma_results
+from components.model_card import ModelCardFacts, SignatureInfo
+from components.tfma_results import ClassScore, ThresholdCheck
 
 
 def _facts(**changes) -> ModelCardFacts:
@@ -34,7 +35,7 @@ def _facts(**changes) -> ModelCardFacts:
             ClassScore("tulip", 20, None, 0.0),
         ),
         blessed=True,
-        gate_checks=(GateCheck("accuracy (value)", ">= 0.5000", 0.9, None, "pass"),),
+        gate_checks=(ThresholdCheck("accuracy", "Overall", "lower_bound", 0.9, 0.5, True),),
         baseline_model="/work/pipeline/Trainer/model/3",
         signatures=(
             SignatureInfo(
@@ -142,38 +143,46 @@ def test_write_model_card_refuses_impossible_facts(tmp_path, changes, message):
     assert not list(tmp_path.iterdir())
 
 
-def test_facts_at_push_read_the_evaluators_metrics_and_gate():
-    metrics = {
-        "accuracy": 0.875, "examples": 16, "top_k_accuracy": {"k": 5, "value": 0.99},
-        "per_class": {"cat": {"precision": 1.0, "recall": 0.75, "examples": 8},
-                      "dog": {"precision": None, "recall": 1.0, "examples": 8}},
-    }
-    gate = {"blessed": True, "baseline": True, "checks": [
-        {"metric": "accuracy", "slice": "Overall", "kind": "lower_bound", "value": 0.875,
-         "threshold": 0.5, "passed": True},
-        {"metric": "accuracy", "slice": "Overall", "kind": "change", "value": 0.875,
-         "baseline": 0.8, "change": 0.075, "max_drop": 0.01, "threshold": 0.79, "passed": True},
-        {"metric": "accuracy", "slice": "label:cat", "kind": "lower_bound", "value": 0.75,
-         "threshold": 0.8, "passed": False},
-    ]}
-    facts = model_card.facts_at_push(
-        model_name="pets", version="12", serving_path="/srv/pets/12", pushed_at="now",
-        model_uri="/p/Trainer/model/4", classes=("cat", "dog"),
-        training_record={"config": {"backbone": "vgg16", "weights": "imagenet"},
-                         "history": {"unfrozen_layers": ["block5_conv3"]}},
-        input_size=224, metrics=metrics, gate=gate, baseline_model="/p/Trainer/model/2",
+def test_the_evaluators_figures_and_gate_fill_the_card():
+    evaluation = tfma_results.Evaluation(
+        accuracy=0.875, top_k=tfma_results.TopK(5, 0.99), examples=16,
+        class_names=("cat", "dog"), confusion=((6, 2), (0, 8)), has_baseline=True,
+        checks=(
+            ThresholdCheck("accuracy", "Overall", "lower_bound", 0.875, 0.5, True),
+            ThresholdCheck("accuracy", "Overall", "change", 0.875, 0.79, True,
+                           baseline=0.8, change=0.075, max_drop=0.01),
+            ThresholdCheck("accuracy", "label:cat", "lower_bound", 0.75, 0.8, False),
+        ),
+        failures=(), rows=(),
+    )
+    facts = model_card.with_evaluation(
+        ModelCardFacts(
+            model_name="pets", version="12", serving_path="/srv/pets/12", backbone="vgg16",
+            classes=("cat", "dog"), fine_tuned_layers=("block5_conv3",), blessed=True,
+            baseline_model="/p/Trainer/model/2",
+        ),
+        evaluation,
     )
     text = model_card.render_model_card(facts.validate())
 
     assert "Eval-split accuracy: **0.8750**" in text
     assert "| top_5_accuracy | 0.9900 |" in text
-    assert "| cat | 8 | 1.0000 | 0.7500 |" in text and "| dog | 8 | n/a | 1.0000 |" in text
+    assert "| cat | 8 | 1.0000 | 0.7500 |" in text and "| dog | 8 | 0.8000 | 1.0000 |" in text
     assert "- Images per split: eval 16" in text
     assert "vgg16 backbone (top 1 layers fine-tuned) + new head" in text
     assert "| accuracy (value) | >= 0.5000 | 0.8750 | n/a | pass |" in text
     assert "| accuracy (change) | >= baseline - 0.01 (>= 0.7900) | 0.8750 | 0.8000 | pass |" in text
     assert "| accuracy (value, label:cat) | >= 0.8000 | 0.7500 | n/a | FAIL |" in text
     assert "**blessed**, against the last blessed model `/p/Trainer/model/2`" in text
+
+
+def test_a_change_check_without_a_baseline_reads_as_not_applied():
+    check = ThresholdCheck("accuracy", "Overall", "change", 0.9, None, None, max_drop=0.01)
+    text = model_card.render_model_card(_facts(gate_checks=(check,), baseline_model=None))
+
+    row = "| accuracy (change) | >= baseline - 0.01 | 0.9000 | n/a | not applied: no baseline yet |"
+    assert row in text
+    assert "with no earlier blessed model to compare against" in text
 
 
 def test_write_model_card_may_use_another_file_name(tmp_path):

@@ -23,9 +23,26 @@ def _node(pipeline, node_id: str):
     return next(c for c in pipeline.components if c.id == node_id)
 
 
+# The interface: ML Metadata, run_summary.json, Kubeflow task names and the report
+# all name nodes by these ids. Literal on purpose.
+EXPECTED_NODE_IDS = [
+    "ImageFolderExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "DataGate",
+    "Transform", "WarmStartModelResolver", "Trainer", "LatestBlessedModelResolver",
+    "Evaluator", "Pusher",
+]
+
+
 def test_nodes_have_the_stable_ids(data_root, tmp_path):
-    ids = [component.id for component in _build(data_root, tmp_path).components]
-    assert sorted(ids) == sorted(pipeline_def.NODE_IDS)
+    components = _build(data_root, tmp_path).components
+    assert sorted(component.id for component in components) == sorted(EXPECTED_NODE_IDS)
+    assert list(pipeline_def.NODE_IDS) == EXPECTED_NODE_IDS  # in the order they run
+
+
+def test_every_node_id_is_given_explicitly(data_root, tmp_path):
+    """Most ids equal TFX's default (the class name): only an explicit `.with_id`
+    keeps them stable if a component class is renamed or subclassed."""
+    for component in _build(data_root, tmp_path).components:
+        assert component._id == component.id, f"{component.id} has no .with_id"  # noqa: SLF001
 
 
 def test_transform_gets_only_what_preprocessing_depends_on(data_root, tmp_path):

@@ -5,12 +5,11 @@ import os
 
 import pytest
 import tensorflow as tf
-from ml_metadata import metadata_store
-from tfx import v1 as tfx
 
 from components import serving_pusher
-from pipeline import cli, local_runner, run_summary
+from pipeline import cli
 from pipeline import pipeline as pipeline_def
+from tests import mlmd_testing
 from tests.conftest import CLASS_COLOURS, encode, make_image, write_class_folder
 from trainer import export
 
@@ -23,15 +22,6 @@ CACHED_ON_RERUN = (
     pipeline_def.TRANSFORM,
     pipeline_def.TRAINER,
 )
-
-
-def _latest_run(workdir):
-    config = tfx.orchestration.metadata.sqlite_metadata_connection_config(
-        str(workdir / "metadata.sqlite")
-    )
-    return run_summary.read_latest_run(
-        metadata_store.MetadataStore(config), local_runner.PIPELINE_NAME
-    )
 
 
 def _versions(serving_model_dir):
@@ -66,7 +56,7 @@ def test_run_pushes_a_serving_model_once_and_reruns_from_cache(tmp_path, capsys)
         assert f"{node_id} started" in printed and f"{node_id} finished" in printed
     assert "transferline predict --model" in printed
 
-    records = _latest_run(workdir)
+    records = mlmd_testing.latest_run(workdir)
     assert set(records) == set(pipeline_def.NODE_IDS)
     assert {record.state for record in records.values()} == {"COMPLETE"}
 
@@ -87,7 +77,7 @@ def test_run_pushes_a_serving_model_once_and_reruns_from_cache(tmp_path, capsys)
 
     # Unchanged data: everything up to the model is served from cache, no second push.
     assert cli.main(argv) == 0
-    rerun = _latest_run(workdir)
+    rerun = mlmd_testing.latest_run(workdir)
     for node_id in CACHED_ON_RERUN:
         assert rerun[node_id].state == "CACHED", node_id
     assert _versions(serving_model_dir) == [version]

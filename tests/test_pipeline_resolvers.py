@@ -6,6 +6,7 @@ import dataclasses
 from tfx.types import standard_artifacts
 
 from components.config import GateConfig
+from components.eval_config import make_eval_config
 from pipeline import pipeline as pipeline_def
 from pipeline.warm_start_resolver import BlessedBeforeDataStrategy
 from trainer.config import TrainingConfig
@@ -48,7 +49,7 @@ def test_without_baseline_only_absolute_bounds_apply(data_root, tmp_path):
 
 def test_eval_config_drops_the_change_threshold_without_baseline():
     for baseline in (True, False):
-        config = pipeline_def.make_eval_config(GateConfig(), num_classes=3, baseline=baseline)
+        config = make_eval_config(GateConfig(), num_classes=3, baseline=baseline)
         threshold = config.metrics_specs[0].metrics[0].per_slice_thresholds[0].threshold
         assert threshold.HasField("value_threshold")
         assert threshold.HasField("change_threshold") is baseline

@@ -10,7 +10,7 @@ import pathlib
 import pytest
 import tensorflow as tf
 
-from pipeline import report_data
+from pipeline.reporting import eval_predictions, report_data, runs
 from tests.conftest import CLASS_COLOURS, encode, make_image
 from trainer import export, features
 
@@ -101,7 +101,7 @@ def eval_split(tmp_path_factory) -> str:
 
 
 def test_evaluate_model_counts_every_prediction(colour_model, eval_split):
-    result = report_data.evaluate_model(colour_model, eval_split)
+    result = eval_predictions.evaluate_model(colour_model, eval_split)
 
     assert result.split == "eval"
     assert result.model_classes == _MODEL_CLASSES
@@ -123,7 +123,7 @@ def test_evaluate_model_counts_every_prediction(colour_model, eval_split):
 
 
 def test_evaluate_model_keeps_the_misclassified_images(colour_model, eval_split):
-    result = report_data.evaluate_model(colour_model, eval_split)
+    result = eval_predictions.evaluate_model(colour_model, eval_split)
 
     assert result.misclassified_total == 2
     mistakes = {(m.path, m.true_label, m.predicted_label) for m in result.misclassified}
@@ -135,9 +135,9 @@ def test_evaluate_model_keeps_the_misclassified_images(colour_model, eval_split)
 
 
 def test_evaluate_model_keeps_only_the_most_confident_mistakes(colour_model, eval_split):
-    everything = report_data.evaluate_model(colour_model, eval_split)
-    one = report_data.evaluate_model(colour_model, eval_split, max_misclassified=1)
-    none = report_data.evaluate_model(colour_model, eval_split, max_misclassified=0)
+    everything = eval_predictions.evaluate_model(colour_model, eval_split)
+    one = eval_predictions.evaluate_model(colour_model, eval_split, max_misclassified=1)
+    none = eval_predictions.evaluate_model(colour_model, eval_split, max_misclassified=0)
 
     assert one.misclassified == everything.misclassified[:1]
     assert one.misclassified_total == none.misclassified_total == 2
@@ -146,7 +146,7 @@ def test_evaluate_model_keeps_only_the_most_confident_mistakes(colour_model, eva
 
 
 def test_evaluate_model_lists_the_signatures(colour_model, eval_split):
-    (signature,) = report_data.evaluate_model(colour_model, eval_split).signatures
+    (signature,) = eval_predictions.evaluate_model(colour_model, eval_split).signatures
     assert signature.name == export.SERVING_EXAMPLES
     assert signature.inputs == ("examples: string [None]",)
     assert "scores: float32 [None, 3]" in signature.outputs
@@ -185,8 +185,8 @@ def test_history_phases_reads_flat_and_phased_histories():
 
 
 def test_open_store_refuses_a_workdir_without_metadata(tmp_path):
-    with pytest.raises(report_data.ReportError, match="no ML Metadata at .*metadata.sqlite"):
-        report_data.open_store(str(tmp_path))
+    with pytest.raises(runs.ReportError, match="no ML Metadata at .*metadata.sqlite"):
+        runs.open_store(str(tmp_path))
     assert not (tmp_path / "metadata.sqlite").exists()
 
 

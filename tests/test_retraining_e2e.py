@@ -8,8 +8,9 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
-from pipeline import cli, local_runner, run_summary
+from pipeline import cli
 from pipeline import pipeline as pipeline_def
+from tests import mlmd_testing
 from tests.conftest import write_class_folder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -30,7 +31,7 @@ def _versions(workdir):
 
 def _inputs(store, node_id, key):
     """Ids of the artifacts the node's latest execution read under `key`."""
-    context = store.get_context_by_type_and_name("node", f"{local_runner.PIPELINE_NAME}.{node_id}")
+    context = store.get_context_by_type_and_name("node", f"{mlmd_testing.PIPELINE_NAME}.{node_id}")
     execution = max(store.get_executions_by_context(context.id), key=lambda e: e.id)
     events = store.get_events_by_execution_ids([execution.id])
     return [e.artifact_id for e in events
@@ -62,14 +63,13 @@ def test_spans_push_once_retrain_against_the_baseline_and_gate_bad_data(tmp_path
     assert first["span"] == 1 and first["blessed"] and first["pushed_this_run"]
     assert first["data_gate"] == {"compared_span": None, "label_drift": None}
     (version_1,) = _versions(workdir)
-    history, span_1_model = _trainer_history(
-        run_summary.read_latest_run(_store(workdir), local_runner.PIPELINE_NAME))
+    history, span_1_model = _trainer_history(mlmd_testing.latest_run(workdir))
     assert history["warm_start"] == {"from": None, "used": False,
                                      "reason": "no model was blessed before this data"}
 
     # The same data again: served from cache, nothing new pushed.
     assert cli.main(argv) == 0
-    records = run_summary.read_latest_run(_store(workdir), local_runner.PIPELINE_NAME)
+    records = mlmd_testing.latest_run(workdir)
     for node in (pipeline_def.EXAMPLE_GEN, pipeline_def.DATA_GATE, pipeline_def.TRAINER):
         assert records[node].state == "CACHED", node
     assert _versions(workdir) == [version_1]
@@ -81,7 +81,7 @@ def test_spans_push_once_retrain_against_the_baseline_and_gate_bad_data(tmp_path
     assert cli.main([*argv, "--span-window", "2"]) == 0
     second = json.loads((workdir / "run_summary.json").read_text())
     store = _store(workdir)
-    records = run_summary.read_latest_run(store, local_runner.PIPELINE_NAME)
+    records = mlmd_testing.latest_run(workdir)
     assert records[pipeline_def.TRAINER].state == "COMPLETE"
     assert second["span"] == 2 and second["data_gate"]["compared_span"] == 1
     assert second["data_gate"]["label_drift"] == pytest.approx(0.0, abs=0.2)
@@ -104,7 +104,7 @@ def test_spans_push_once_retrain_against_the_baseline_and_gate_bad_data(tmp_path
     assert len(err.splitlines()) == 1, err
     assert err.startswith("error: data gate stopped the run: ")
     assert "class 'blue' of span 2 has no examples in span 3" in err
-    records = run_summary.read_latest_run(_store(workdir), local_runner.PIPELINE_NAME)
+    records = mlmd_testing.latest_run(workdir)
     assert records[pipeline_def.DATA_GATE].state == "FAILED"
     assert pipeline_def.TRAINER not in records
     assert _versions(workdir) == versions

@@ -18,7 +18,7 @@ from tfx.proto import pusher_pb2
 from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
-from components import serving_pusher
+from components import model_card, serving_pusher
 from tests import serving_testing
 from trainer import export
 from trainer.config import ExportConfig
@@ -57,6 +57,15 @@ def _push(saved_model, base_directory, tmp_path, blessed=True, model_uri=None, k
         exec_properties,
     )
     return pushed
+
+
+def _card(model_path, base_directory, model_uri):
+    """The card of a version about to be pushed, as the Pusher makes it without an evaluation."""
+    return model_card.version_facts(
+        model_path=str(model_path), model_uri=model_uri,
+        serving_path=os.path.join(base_directory, "0"), pushed_at=None, evaluation=None,
+        blessed=None, baseline_model=None,
+    )
 
 
 def _copy_of(saved_model, tmp_path, name):
@@ -186,7 +195,7 @@ def test_warmup_requests_replay_against_the_pushed_model(tmp_path):
 
 _PUSH_SCRIPT = """
 import sys
-from components import serving_pusher
+from components import model_card, serving_pusher
 serving_pusher.push_model(sys.argv[1], sys.argv[2], 123, "uri")
 """
 
@@ -248,7 +257,7 @@ def test_the_card_describes_an_exported_model_from_its_training_record(tmp_path)
         tmp_path / "model", tf_transform_output, ExportConfig(tflite=True),
         training_record=record,
     )
-    card = serving_pusher.model_card_facts(model_dir, str(tmp_path / "serving" / "m"), "uri-7")
+    card = _card(model_dir, tmp_path / "serving" / "m", "uri-7")
 
     version_dir = serving_pusher.push_model(model_dir, str(tmp_path / "serving" / "m"), 5,
                                             "uri-7", card)
@@ -273,7 +282,7 @@ def test_the_card_names_the_version_a_concurrent_push_left_free(saved_model, tmp
     base = tmp_path / "serving" / "m"
     taken = serving_pusher.next_version(str(base))
     shutil.copytree(saved_model, base / str(taken))
-    card = serving_pusher.model_card_facts(saved_model, str(base), "uri-b")
+    card = _card(saved_model, base, "uri-b")
 
     path = serving_pusher.push_model(saved_model, str(base), taken, "uri-b", card)
 

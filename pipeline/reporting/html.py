@@ -15,8 +15,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from PIL import Image
 
-from pipeline import model_card
-from pipeline import report_data as rd
+from components import model_card
+from pipeline.reporting import eval_predictions
+from pipeline.reporting import report_data as rd
 
 THUMBNAIL_SIDE = 128
 _SERIES_COLOURS = ("#1f6fb2", "#e4761b", "#2a9d55", "#a23b72")
@@ -86,8 +87,8 @@ def render_html(data: rd.ReportData, model_card_links: Mapping[str, str] | None 
         _dataset_section(data.dataset, data.summary.get("warnings", ())),
         _training_section(data.training),
         _metrics_section(data),
-        _confusion_section(data.evaluation),
-        _misclassified_section(data.evaluation),
+        _confusion_section(data.predictions),
+        _misclassified_section(data.predictions),
         _gate_section(data.gate),
         _lineage_section(data, model_card_links or {}),
     ]
@@ -391,14 +392,14 @@ def line_chart_svg(
 
 def _metrics_section(data: rd.ReportData) -> str:
     body = ['<section id="metrics"><h2>Metrics</h2>']
-    evaluation = data.evaluation
-    if evaluation is not None:
-        accuracy = evaluation.accuracy
+    predictions = data.predictions
+    if predictions is not None:
+        accuracy = predictions.accuracy
         body.append(
-            f"<p>Accuracy <b>{_fmt(accuracy)}</b> on {evaluation.examples} "
-            f"{_e(evaluation.split)} images "
-            f"({evaluation.misclassified_total} wrong), from running "
-            f'<span class="path">{_e(evaluation.model_dir)}</span> over the eval split.</p>'
+            f"<p>Accuracy <b>{_fmt(accuracy)}</b> on {predictions.examples} "
+            f"{_e(predictions.split)} images "
+            f"({predictions.misclassified_total} wrong), from running "
+            f'<span class="path">{_e(predictions.model_dir)}</span> over the eval split.</p>'
         )
         rows = [
             [
@@ -409,7 +410,7 @@ def _metrics_section(data: rd.ReportData) -> str:
                 _fmt(c.precision),
                 _fmt(c.recall),
             ]
-            for c in evaluation.per_class
+            for c in predictions.per_class
         ]
         body.append(
             _table(
@@ -442,9 +443,9 @@ def _metrics_section(data: rd.ReportData) -> str:
     return "".join(body)
 
 
-def _confusion_section(evaluation: rd.EvalSummary | None) -> str:
+def _confusion_section(predictions: eval_predictions.EvalSummary | None) -> str:
     body = '<section id="confusion"><h2>Confusion matrix</h2>'
-    if evaluation is None or not evaluation.classes:
+    if predictions is None or not predictions.classes:
         return (
             body
             + '<p class="muted">Not available: the model was not run over the eval split.</p>'
@@ -454,7 +455,7 @@ def _confusion_section(evaluation: rd.EvalSummary | None) -> str:
         body
         + '<p class="muted">Rows: true class; columns: predicted class. Colour: share of the row '
         "(blue: correct, red: mistakes).</p>"
-        + confusion_matrix_svg(evaluation.classes, evaluation.confusion)
+        + confusion_matrix_svg(predictions.classes, predictions.confusion)
         + "</section>"
     )
 
@@ -526,27 +527,27 @@ def _heat(share: float, correct: bool) -> str:
 # ----------------------------------------------------------------- misclassified
 
 
-def _misclassified_section(evaluation: rd.EvalSummary | None) -> str:
+def _misclassified_section(predictions: eval_predictions.EvalSummary | None) -> str:
     body = ['<section id="misclassified"><h2>Misclassified images</h2>']
-    if evaluation is None:
+    if predictions is None:
         body.append(
             '<p class="muted">Not available: the model was not run over the eval split.</p>'
         )
-    elif not evaluation.misclassified_total:
+    elif not predictions.misclassified_total:
         body.append('<p class="ok">None: every eval image was classified correctly.</p>')
     else:
-        shown = len(evaluation.misclassified)
-        if shown == evaluation.misclassified_total:
+        shown = len(predictions.misclassified)
+        if shown == predictions.misclassified_total:
             which = "all shown, most confident first"
         elif shown:
             which = f"the {shown} most confident shown, most confident first"
         else:
             which = "none shown (the report was asked for no images)"
         body.append(
-            f"<p>{evaluation.misclassified_total} of {evaluation.examples} {_e(evaluation.split)} "
-            f'images are wrong; {which}.</p><div class="grid">'
+            f"<p>{predictions.misclassified_total} of {predictions.examples} "
+            f'{_e(predictions.split)} images are wrong; {which}.</p><div class="grid">'
         )
-        for item in evaluation.misclassified:
+        for item in predictions.misclassified:
             body.append(
                 f'<figure><img alt="{_e(item.path)}" src="{thumbnail_data_uri(item.image)}">'
                 f"<figcaption>true <b>{_e(item.true_label)}</b><br>predicted "
@@ -600,11 +601,11 @@ def _gate_section(gate: rd.GateSummary | None) -> str:
             [
                 _e(c.slice),
                 _e(c.metric),
-                _e(c.kind),
+                _e(c.threshold_type),
                 _e(c.requirement),
                 _fmt(c.value),
                 _fmt(c.baseline),
-                _fmt(c.diff, signed=True),
+                _fmt(c.change, signed=True),
                 f'<span class="{_outcome_class(c.outcome)}">{_e(c.outcome)}</span>',
             ]
             for c in gate.checks

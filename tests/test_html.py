@@ -7,8 +7,9 @@ import xml.etree.ElementTree as ElementTree
 
 from PIL import Image
 
-from pipeline import report_data as rd
-from pipeline import report_html
+from pipeline.reporting import html as report_html
+from pipeline.reporting import report_data as rd
+from pipeline.reporting import runs
 from tests.conftest import encode, make_image
 
 _SVG = "{http://www.w3.org/2000/svg}"
@@ -125,9 +126,9 @@ def test_an_unreadable_image_becomes_a_grey_tile():
 
 def _stopped_run() -> rd.ReportData:
     """A run whose Trainer failed: examples, no model, no evaluation, no push."""
-    examples = rd.ArtifactRef("examples", 1, "Examples", "/w/pipeline/examples/1", {})
+    examples = runs.ArtifactRef("examples", 1, "Examples", "/w/pipeline/examples/1", {})
     executions = (
-        rd.ExecutionRef(
+        runs.ExecutionRef(
             1,
             "ImageFolderExampleGen",
             "components.X",
@@ -138,9 +139,9 @@ def _stopped_run() -> rd.ReportData:
             (),
             (examples,),
         ),
-        rd.ExecutionRef(7, "Trainer", "tfx.Trainer", "FAILED", 6_000, 9_000, {}, (examples,), ()),
+        runs.ExecutionRef(7, "Trainer", "tfx.Trainer", "FAILED", 6_000, 9_000, {}, (examples,), ()),
     )
-    run = rd.RunRecord("transferline", "run-<1>", 2, 1_000, executions, {})
+    run = runs.RunRecord("transferline", "run-<1>", 2, 1_000, executions)
     return rd.ReportData(
         workdir="/w",
         run=run,
@@ -156,7 +157,7 @@ def _stopped_run() -> rd.ReportData:
             not_used=({"path": "a/<x>.jpg", "reason": "skipped: empty file"},),
         ),
         training=None,
-        evaluation=None,
+        predictions=None,
         gate=None,
         push=None,
         notes=("Trainer (execution 7) ended FAILED",),

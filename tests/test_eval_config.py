@@ -1,19 +1,21 @@
-"""The Evaluator's config (make_eval_config), the gate settings, and reading the gate back.
+"""The Evaluator's config (make_eval_config), the gate settings, and the lines a
+failed check reads as.
 
-The Evaluator itself runs in tests/test_gate_e2e.py; these check the config TFMA
-gets and the helpers that read its output, in a second.
+The Evaluator itself runs in tests/test_gate_e2e.py (and its output is read in
+tests/test_tfma_results.py); these check the config TFMA gets, in a second.
 """
 
 import pytest
 import tensorflow_model_analysis as tfma
 
+from components import tfma_results
 from components.config import GateConfig
-from pipeline import evaluation
-from pipeline import pipeline as pipeline_def
+from components.eval_config import make_eval_config
+from pipeline.reporting import run_summary
 
 
 def _thresholds(gate):
-    eval_config = pipeline_def.make_eval_config(gate)
+    eval_config = make_eval_config(gate)
     thresholds = tfma.metrics.metric_thresholds_from_metrics_specs(
         eval_config.metrics_specs, eval_config=eval_config
     )
@@ -43,7 +45,7 @@ def test_min_class_recall_bounds_every_true_class_slice():
 
 
 def test_metrics_are_sliced_by_true_class_and_read_raw_labels():
-    eval_config = pipeline_def.make_eval_config(GateConfig(accuracy_top_k=3), num_classes=10)
+    eval_config = make_eval_config(GateConfig(accuracy_top_k=3), num_classes=10)
     (model_spec,) = eval_config.model_specs
     assert model_spec.label_key == "label" and not model_spec.preprocessing_function_names
     assert model_spec.model_type == tfma.TF_GENERIC
@@ -54,11 +56,11 @@ def test_metrics_are_sliced_by_true_class_and_read_raw_labels():
 
 @pytest.mark.parametrize("num_classes", [None, 3, 5])
 def test_top_k_accuracy_only_with_more_than_k_known_classes(num_classes):
-    eval_config = pipeline_def.make_eval_config(GateConfig(accuracy_top_k=5), num_classes)
+    eval_config = make_eval_config(GateConfig(accuracy_top_k=5), num_classes)
     assert all(
         list(spec.binarize.top_k_list.values) != [5] for spec in eval_config.metrics_specs
     )
-    with_six = pipeline_def.make_eval_config(GateConfig(accuracy_top_k=5), num_classes=6)
+    with_six = make_eval_config(GateConfig(accuracy_top_k=5), num_classes=6)
     assert [5] in [list(spec.binarize.top_k_list.values) for spec in with_six.metrics_specs]
 
 
@@ -84,12 +86,12 @@ def test_failed_checks_read_as_one_line_each():
         {"metric": "accuracy", "slice": "label:cat", "kind": "lower_bound", "value": 0.2,
          "threshold": 0.4, "passed": False},
     ]}
-    assert evaluation.failing_checks(gate) == [
+    assert run_summary.failing_checks(gate) == [
         "accuracy on Overall: 0.3000, down from the baseline's 0.9000 by more than 0.01",
         "accuracy on label:cat: 0.2000 < 0.4",
     ]
 
 
 def test_slice_names():
-    assert evaluation.slice_name(()) == "Overall"
-    assert evaluation.slice_name((("label", b"cat"),)) == "label:cat"
+    assert tfma_results.slice_name(()) == "Overall"
+    assert tfma_results.slice_name((("label", b"cat"),)) == "label:cat"

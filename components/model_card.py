@@ -4,49 +4,38 @@ A card says what the model is (backbone, input size, classes, version, date),
 what it learned from, how well it did, why it was shipped, what it is for and
 not for, and how to query it. `ModelCardFacts` holds what is known; fields left
 empty print as "not recorded", so a caller with less at hand can still write a
-card. The Pusher writes `model_card.md` into each version it pushes, from what
-it knows then (`facts_at_push`: the model, its training record, the Evaluator's
-metrics and gate); `transferline report` fills every field from ML Metadata and
-the run's artifacts.
+card. `version_facts` is the one builder of what a card says about the model,
+its evaluation and its gate: the Pusher calls it while it pushes and writes
+`model_card.md` into the version; `transferline report` calls it with the same
+inputs read back from ML Metadata and adds what it knows of the dataset, so the
+two cards of one version agree.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Mapping, Sequence
+
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+from components.tfma_results import CHANGE, OVERALL, ClassScore, Evaluation, ThresholdCheck
+from trainer import export
+from trainer.config import recorded_input_size
+from trainer.features import EVAL_SPLIT
 
 CARD_PREFIX = "model_card_"
 VERSION_CARD_FILE = "model_card.md"
 """The card inside a pushed version directory."""
 NOT_RECORDED = "not recorded"
-OVERALL_SLICE = "Overall"
+_SAVED_MODEL_PB = "saved_model.pb"
 
 # Below this many eval images of a class, per-class figures are too rough to trust.
 _FEW_EVAL_IMAGES_PER_CLASS = 30
 # Largest / smallest class count above this is called out as imbalance.
 _IMBALANCE_RATIO = 3.0
-
-
-@dataclasses.dataclass(frozen=True)
-class ClassScore:
-    """Eval figures for one class; None where undefined (nothing predicted or present)."""
-
-    name: str
-    support: int
-    precision: float | None
-    recall: float | None
-
-
-@dataclasses.dataclass(frozen=True)
-class GateCheck:
-    """One blessing threshold: what was required, what the model had, and the outcome."""
-
-    metric: str
-    requirement: str
-    value: float | None
-    baseline: float | None = None
-    outcome: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +75,7 @@ class ModelCardFacts:
         metrics: Other overall eval metrics by name.
         per_class: Per-class eval figures.
         blessed: The Evaluator's decision; None if not recorded.
-        gate_checks: The thresholds behind the decision.
+        gate_checks: The thresholds behind the decision (`components.tfma_results`).
         baseline_model: The model compared against (None: the first blessed model).
         signatures: The SavedModel's signatures.
     """
@@ -114,7 +103,7 @@ class ModelCardFacts:
     metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
     per_class: tuple[ClassScore, ...] = ()
     blessed: bool | None = None
-    gate_checks: tuple[GateCheck, ...] = ()
+    gate_checks: tuple[ThresholdCheck, ...] = ()
     baseline_model: str | None = None
     signatures: tuple[SignatureInfo, ...] = ()
 
@@ -148,8 +137,6 @@ def write_model_card(facts: ModelCardFacts, directory: str, filename: str | None
     Raises:
         ValueError: `facts` fails `ModelCardFacts.validate`.
     """
-    import tensorflow as tf  # gfile: object stores too; imported here to keep this module light
-
     text = render_model_card(facts.validate())
     tf.io.gfile.makedirs(directory)
     path = os.path.join(directory, filename or model_card_filename(facts.version))
@@ -173,95 +160,107 @@ def render_model_card(facts: ModelCardFacts) -> str:
     return "\n\n".join(section.rstrip() for section in sections) + "\n"
 
 
-def facts_at_push(
+def version_facts(
     *,
-    model_name: str,
-    version: str,
-    serving_path: str,
-    pushed_at: str,
+    model_path: str,
     model_uri: str,
-    classes: Sequence[str],
-    training_record: Mapping[str, object],
-    input_size: int | None,
-    metrics: Mapping[str, object],
-    gate: Mapping[str, object],
+    serving_path: str,
+    pushed_at: float | None,
+    evaluation: Evaluation | None,
+    blessed: bool | None,
     baseline_model: str | None,
     pipeline_run: str = "",
-    signatures: Sequence[SignatureInfo] = (),
 ) -> ModelCardFacts:
-    """The card of a version being pushed, from what the Pusher can read.
+    """What a card says of a pushed version: the model, its evaluation and its gate.
+
+    Everything is read from the SavedModel (classes, training record,
+    signatures) and the Evaluator's results, so every caller given the same
+    version says the same; dataset facts are left for a caller that has them.
 
     Args:
-        model_name: Name under the serving directory.
-        version: The version directory's name.
-        serving_path: The version directory.
-        pushed_at: When (ISO 8601, UTC).
-        model_uri: The Trainer's Model artifact.
-        classes: Class names in model-output order.
-        training_record: The model's `assets.extra/training.json` (``config``
-            and ``history``); {} when it has none.
-        input_size: Side of the model input, if known.
-        metrics: The Evaluator's figures as `pipeline.evaluation.read_metrics`
-            gives them (`run_summary.json`'s ``metrics``); {} when not read.
-        gate: The decision as `pipeline.evaluation.read_gate` gives it
-            (`run_summary.json`'s ``gate``); {} when not read.
-        baseline_model: The last blessed model compared against, if any.
-        pipeline_run: The pipeline run pushing it.
-        signatures: The SavedModel's signatures.
+        model_path: The SavedModel (an export of `trainer.export`).
+        model_uri: The Trainer's Model artifact it came from.
+        serving_path: The version directory, `<serving dir>/<model name>/<version>`.
+        pushed_at: When it was pushed (seconds since the epoch), if known.
+        evaluation: The Evaluator's results (`components.tfma_results`); None
+            leaves the metrics and the gate "not recorded".
+        blessed: The Evaluator's decision; None if not recorded.
+        baseline_model: The model compared against (None: the first blessed model).
+        pipeline_run: The pipeline run that pushed it.
     """
-    config = training_record.get("config") or {}
-    history = training_record.get("history") or {}
-    per_class = metrics.get("per_class") or {}
-    top_k = metrics.get("top_k_accuracy")
-    eval_examples = metrics.get("examples")
-    return ModelCardFacts(
-        model_name=model_name,
-        version=version,
+    try:
+        classes = tuple(export.read_class_names(model_path))
+    except FileNotFoundError:  # a SavedModel not exported by trainer.export
+        classes = ()
+    record = export.read_training_record(model_path)
+    config = record.get("config") or {}
+    history = record.get("history") or {}
+    serving_path = serving_path.rstrip("/")
+    facts = ModelCardFacts(
+        model_name=os.path.basename(os.path.dirname(serving_path)),
+        version=os.path.basename(serving_path),
         serving_path=serving_path,
-        pushed_at=pushed_at,
+        pushed_at=format_utc(pushed_at),
         backbone=str(config.get("backbone", "")),
         weights=str(config.get("weights", "")),
-        input_size=input_size,
-        classes=tuple(classes),
+        input_size=recorded_input_size(config),
+        classes=classes,
         model_uri=model_uri,
         pipeline_run=pipeline_run,
         training_config=config,
         fine_tuned_layers=tuple(history.get("unfrozen_layers") or ()),
-        examples_per_split={"eval": eval_examples} if eval_examples is not None else {},
-        eval_images_per_class={name: c["examples"] for name, c in per_class.items()},
-        accuracy=metrics.get("accuracy"),
-        metrics={f"top_{top_k['k']}_accuracy": top_k["value"]} if top_k else {},
-        per_class=tuple(
-            ClassScore(name, c["examples"], c["precision"], c["recall"])
-            for name, c in per_class.items()
+        blessed=blessed,
+        baseline_model=baseline_model or None,
+        signatures=read_signatures(model_path),
+    )
+    return with_evaluation(facts, evaluation) if evaluation is not None else facts
+
+
+def with_evaluation(facts: ModelCardFacts, evaluation: Evaluation) -> ModelCardFacts:
+    """`facts` with the Evaluator's figures and gate checks."""
+    per_class = evaluation.per_class
+    return dataclasses.replace(
+        facts,
+        examples_per_split=(
+            {EVAL_SPLIT: evaluation.examples} if evaluation.examples is not None else {}
         ),
-        blessed=gate.get("blessed"),
-        gate_checks=gate_checks_from_summary(gate),
-        baseline_model=baseline_model,
-        signatures=tuple(signatures),
+        eval_images_per_class={score.name: score.support for score in per_class},
+        accuracy=evaluation.accuracy,
+        metrics=(
+            {f"top_{evaluation.top_k.k}_accuracy": evaluation.top_k.value}
+            if evaluation.top_k else {}
+        ),
+        per_class=per_class,
+        gate_checks=evaluation.checks,
     )
 
 
-def gate_checks_from_summary(gate: Mapping[str, object]) -> tuple[GateCheck, ...]:
-    """The card's rows for the checks `pipeline.evaluation.read_gate` records."""
-    rows = []
-    for check in gate.get("checks") or ():
-        where = "" if check["slice"] == OVERALL_SLICE else f", {check['slice']}"
-        if check["kind"] == "change":
-            kind = "change"
-            requirement = (f">= baseline - {check['max_drop']:g} "
-                           f"(>= {check['threshold']:.4f})")
-        else:
-            kind = "value"
-            requirement = f">= {check['threshold']:.4f}"
-        rows.append(GateCheck(
-            metric=f"{check['metric']} ({kind}{where})",
-            requirement=requirement,
-            value=check.get("value"),
-            baseline=check.get("baseline"),
-            outcome="pass" if check["passed"] else "FAIL",
-        ))
-    return tuple(rows)
+def read_signatures(model_path: str) -> tuple[SignatureInfo, ...]:
+    """The SavedModel's signatures, read from `saved_model.pb` without loading the model."""
+    saved_model = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(os.path.join(model_path, _SAVED_MODEL_PB), "rb") as f:
+        saved_model.ParseFromString(f.read())
+
+    def describe(tensors: Mapping[str, object]) -> tuple[str, ...]:
+        return tuple(
+            f"{name}: {tf.as_dtype(info.dtype).name} "
+            f"[{', '.join('None' if d.size < 0 else str(d.size) for d in info.tensor_shape.dim)}]"
+            for name, info in sorted(tensors.items())
+        )
+
+    signatures = saved_model.meta_graphs[0].signature_def if saved_model.meta_graphs else {}
+    return tuple(
+        SignatureInfo(name, describe(signature.inputs), describe(signature.outputs))
+        for name, signature in sorted(signatures.items())
+        if not name.startswith("__")  # e.g. __saved_model_init_op
+    )
+
+
+def format_utc(seconds: float | None) -> str:
+    """`2026-11-23 15:09:42 UTC` for seconds since the epoch; '' for None."""
+    if not seconds:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
 # ------------------------------------------------------------------------ sections
@@ -355,11 +354,25 @@ def _gate(facts: ModelCardFacts) -> str:
     text = f"## Gate decision\n\nThe Evaluator's decision: {decision}, {baseline}."
     if facts.gate_checks:
         rows = [
-            (c.metric, c.requirement, _number(c.value), _number(c.baseline), c.outcome)
+            (_check_name(c), _check_requirement(c), _number(c.value), _number(c.baseline),
+             c.outcome)
             for c in facts.gate_checks
         ]
         text += "\n\n" + _table(("metric", "requirement", "value", "baseline", "outcome"), rows)
     return text
+
+
+def _check_name(check: ThresholdCheck) -> str:
+    where = "" if check.slice == OVERALL else f", {check.slice}"
+    return f"{check.metric} ({check.threshold_type}{where})"
+
+
+def _check_requirement(check: ThresholdCheck) -> str:
+    """The bound in words; a change bound relative to the baseline's value."""
+    if check.threshold_type != CHANGE:
+        return check.requirement
+    text = f">= baseline - {check.max_drop:g}"
+    return f"{text} (>= {check.threshold:.4f})" if check.threshold is not None else text
 
 
 def _intended_use(facts: ModelCardFacts) -> str:
