@@ -37,7 +37,8 @@ from typing import BinaryIO
 from components import file_systems, image_normalization
 from components.config import IngestConfig
 from components.folder_walk import FoundFile
-from components.image_normalization import UnusableImage, describe_error
+from components.image_normalization import UnusableImage
+from trainer.errors import one_line
 
 _READ_CHUNK = 1 << 20
 
@@ -139,7 +140,7 @@ def ingest_file(
         )
     except Exception as error:  # pylint: disable=broad-except
         # Last line of defence: a bad file must never fail the pipeline.
-        reason = f"skipped: unexpected error decoding image ({describe_error(error)})"
+        reason = f"skipped: unexpected error decoding image ({one_line(error)})"
         return _without_image(found, FileStatus.SKIPPED, reason, content_hash)
     note = normalized.note
     return IngestedFile(
@@ -292,7 +293,7 @@ def _open_regular_file(path: str) -> BinaryIO:
         raise UnusableImage("not a regular file") from error
     except OSError as error:
         kind = "broken symlink" if fs.islink(path) else "unreadable file"
-        raise UnusableImage(f"{kind} ({describe_error(error)})") from error
+        raise UnusableImage(f"{kind} ({one_line(error)})") from error
 
 
 def _hash_regular_file(path: str) -> str:
@@ -307,7 +308,7 @@ def _hash_regular_file(path: str) -> str:
             for piece in iter(lambda: handle.read(_READ_CHUNK), b""):
                 digest.update(piece)
         except OSError as error:
-            raise UnusableImage(f"unreadable file ({describe_error(error)})") from error
+            raise UnusableImage(f"unreadable file ({one_line(error)})") from error
     return digest.hexdigest()
 
 
@@ -334,6 +335,6 @@ def _read_regular_file(path: str, hash_it: bool = True) -> tuple[bytes, str]:
                     digest.update(piece)
                 pieces.append(piece)
         except OSError as error:
-            raise UnusableImage(f"unreadable file ({describe_error(error)})") from error
+            raise UnusableImage(f"unreadable file ({one_line(error)})") from error
     return b"".join(pieces), digest.hexdigest() if digest is not None else ""
 

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from components.config import IngestConfig
+from trainer.errors import one_line
 
 PILLOW_FORMATS: tuple[str, ...] = (
     "JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "ICO", "PPM",
@@ -224,7 +225,7 @@ def _check_jpeg_decodes(image: Image.Image) -> None:
 
 def _corrupt_reason(error: BaseException) -> str:
     """Reason text for a decoder failure."""
-    return f"truncated or corrupt image ({describe_error(error)})"
+    return f"truncated or corrupt image ({one_line(error)})"
 
 
 def _fit_within(size: tuple[int, int], max_side: int) -> tuple[int, int] | None:
@@ -445,7 +446,3 @@ def _describe_text(head: bytes) -> str:
     return "unrecognised binary data"
 
 
-def describe_error(error: BaseException) -> str:
-    """Short ``Type: message`` text for an exception, as reasons quote it."""
-    text = getattr(error, "strerror", None) or str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__

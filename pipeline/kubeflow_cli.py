@@ -208,6 +208,6 @@ def _size(n: int) -> str:
 
 
 def _fail(error: BaseException, code: int) -> int:
-    print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+    print(f"error: {error}", file=sys.stderr)  # ours: one line, naming the setting
     return code
 

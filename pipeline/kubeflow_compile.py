@@ -20,6 +20,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from components.config import GateConfig, IngestConfig
 from pipeline.kubeflow_settings import LAYOUT_AUTO, KubeflowConfig
+from trainer.errors import one_line
 
 if TYPE_CHECKING:
     from trainer.config import TrainingConfig  # imports TensorFlow
@@ -124,7 +125,7 @@ def compile_pipeline(
         job = runner.run(tfx_pipeline, write_out=False)
     except (TypeError, ValueError, NotImplementedError) as error:
         raise ValueError(
-            f"TFX's KubeflowV2DagRunner cannot compile this pipeline: {error} "
+            f"TFX's KubeflowV2DagRunner cannot compile this pipeline: {one_line(error)} "
             f"(layout {config.layout!r})"
         ) from error
     spec = job["pipelineSpec"]
@@ -209,13 +210,13 @@ def load_package(path: str) -> CompiledPackage:
         with open(path) as f:
             documents = [d for d in yaml.safe_load_all(f) if isinstance(d, dict)]  # JSON too
     except (OSError, yaml.YAMLError) as error:
-        raise ValueError(f"cannot read pipeline package {path!r}: {error}") from error
+        raise ValueError(f"cannot read pipeline package {path!r}: {one_line(error)}") from error
     job = documents[0] if documents else {}
     spec = job.get("pipelineSpec", job)
     try:
         json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())
     except json_format.ParseError as error:
-        raise ValueError(f"{path!r} is not a KFP pipeline package: {error}") from None
+        raise ValueError(f"{path!r} is not a KFP pipeline package: {one_line(error)}") from None
     _require("pipelineInfo" in spec and "root" in spec,
              f"{path!r} is not a KFP pipeline package (no pipelineInfo/root)")
     root = job.get("runtimeConfig", {}).get("gcsOutputDirectory") or spec.get(

@@ -41,6 +41,7 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from trainer import efficientnet_lite, hub
+from trainer.errors import one_line
 
 WEIGHTS_IMAGENET = "imagenet"
 WEIGHTS_NONE = "none"
@@ -132,7 +133,7 @@ def _keras_application(constructor: Callable[..., tf.keras.Model], **options) ->
                 raise
             raise WeightsUnavailableError(
                 f"{constructor.__name__}: ImageNet weights could not be loaded "
-                f"({' '.join(str(error).split())[:200]}); Keras downloads them into "
+                f"({one_line(error, limit=200)}); Keras downloads them into "
                 "~/.keras/models: copy the file there on an offline machine, or set weights "
                 "to a local file or 'none'"
             ) from error

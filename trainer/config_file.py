@@ -32,6 +32,8 @@ from typing import Any
 
 import yaml
 
+from trainer.errors import one_line
+
 
 class ConfigError(ValueError):
     """A config file or a setting in it is unusable; the message says which and why."""
@@ -64,7 +66,7 @@ def read_config_file(
     except OSError as error:
         raise ConfigError(f"cannot read config file {path!r}: {error.strerror}") from error
     except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path!r} is not valid YAML: {_one_line(error)}") from error
+        raise ConfigError(f"config file {path!r} is not valid YAML: {one_line(error)}") from error
     document = {} if document is None else document
     known = sorted([*sections, *ignored_sections])
     if not isinstance(document, dict):
@@ -218,5 +220,3 @@ def _class_label(config_class: type) -> str:
     return getattr(config_class, "SECTION_LABEL", config_class.__name__)
 
 
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())

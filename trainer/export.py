@@ -45,6 +45,7 @@ from tf_keras.src.saving.legacy.saved_model import utils as keras_saved_model_ut
 
 from trainer import features
 from trainer.config import DEFAULT_TFLITE_TOLERANCE, ExportConfig
+from trainer.errors import one_line
 
 SERVING_DEFAULT = "serving_default"
 SERVING_EXAMPLES = "serving_examples"
@@ -513,12 +514,6 @@ def tflite_max_difference(
         got = interpreter.get_tensor(output_detail["index"])[0]
         difference = max(difference, float(np.max(np.abs(got - scores))))
     return difference
-
-
-def one_line(error: BaseException) -> str:
-    """An exception as one line: its type and the last line of its message."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[-1] if lines else ''}"
 
 
 def _generated_images(size: int, count: int = 4) -> list[bytes]:

@@ -36,7 +36,7 @@ from trainer.config import (
     FEATURE_ENGINE_TENSORFLOW,
     FEATURE_ENGINE_TFLITE,
 )
-from trainer.export import one_line
+from trainer.errors import one_line
 
 CHECK_IMAGES = 8
 """Training images each TFLite model is checked on against the Keras model."""

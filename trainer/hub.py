@@ -20,6 +20,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from trainer.errors import one_line
+
 SAVED_MODEL_FILE = "saved_model.pb"
 HUB_IMAGE_SIZE = 224
 """The TF-Hub convention for image modules without a fixed input size."""
@@ -103,7 +105,7 @@ def build_feature_vector(
     except (TypeError, ValueError) as error:
         raise ValueError(
             f"backbone 'hub:{path}' does not take {input_shape[0]}x{input_shape[1]} RGB "
-            f"images ({' '.join(str(error).split())[:300]}); set image_size to the size the "
+            f"images ({one_line(error)}); set image_size to the size the "
             "model was exported for"
         ) from error
     if len(vectors.shape) != 2:
