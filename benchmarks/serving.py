@@ -1,6 +1,6 @@
 """Serving benchmark: the exported `serving_default` (raw bytes in) against the bare Keras model.
 
-Builds the pipeline's real classifier (`trainer.model.build_parts`) and a real
+Builds the pipeline's real classifier (`trainer.classifier.build_parts`) and a real
 Transform output (the project's `preprocessing_fn` run by tensorflow-transform on
 Beam over a few generated images), exports it with `trainer.export`, and times,
 in the same process and interleaved so both see the same machine load:
@@ -41,7 +41,8 @@ from tensorflow_transform.tf_metadata import (  # noqa: E402
     schema_utils,
 )
 
-from trainer import export, features, model, transform  # noqa: E402
+from trainer import classifier as classifier_lib  # noqa: E402
+from trainer import export, features, transform  # noqa: E402
 from trainer.config import TrainingConfig  # noqa: E402
 
 CLASSES = ("red", "green", "blue")
@@ -103,7 +104,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as workdir:
         tf_transform_output = transform_output(config, images[:6], workdir)
-        classifier = model.build_parts(config, len(CLASSES)).classifier
+        classifier = classifier_lib.build_parts(config, len(CLASSES)).classifier
         export_dir = os.path.join(workdir, "model")
         export.export_serving_model(classifier, tf_transform_output, export_dir)
         serve = tf.saved_model.load(export_dir).signatures[export.SERVING_DEFAULT]

@@ -45,15 +45,22 @@ import time
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import tensorflow_transform as tft  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipeline import demo_data  # noqa: E402
-from tests import trainer_testing  # noqa: E402  (real TFX inputs: Examples, Transform, FnArgs)
-from trainer import backbones, export, feature_engine, model  # noqa: E402
+from trainer import (  # noqa: E402
+    backbones,
+    export,
+    feature_engine,
+    features,
+    local_inputs,
+    model,
+    phases,
+)
 from trainer.config import (  # noqa: E402
     FEATURE_ENGINE_AUTO,
     FineTuningConfig,
@@ -110,7 +117,7 @@ def served_accuracy(export_dir: str, encoded: list[bytes], labels: np.ndarray) -
 
 
 def run_ours(config, examples, transform_dir, workdir, test_encoded, test_labels):
-    fn_args = trainer_testing.make_fn_args(examples, transform_dir, config, workdir)
+    fn_args = local_inputs.make_fn_args(examples, transform_dir, config, workdir)
     started = time.perf_counter()
     history = model.train_and_export(fn_args)
     seconds = time.perf_counter() - started
@@ -123,7 +130,7 @@ def measure_floor(base: tf.keras.Model, x_train: np.ndarray) -> float:
     The least overhead there is: batches already tensors in memory, one traced
     graph called per batch (Keras `predict` on the NumPy array is slower).
     """
-    size = model.FEATURE_BATCH_SIZE
+    size = phases.FEATURE_BATCH_SIZE
     batches = [tf.constant(x_train[start:start + size]) for start in range(0, len(x_train), size)]
     forward = tf.function(lambda batch: base(batch, training=False))
     for batch in {tuple(b.shape): b for b in batches}.values():  # trace every batch shape
@@ -140,7 +147,7 @@ def measure_engine_floor(base: tf.keras.Model, x_train: np.ndarray) -> float | N
     if not feature_engine.tflite_applies(FEATURE_ENGINE_AUTO):
         return None
     engine = feature_engine.TFLiteModel(base)
-    size = model.FEATURE_BATCH_SIZE
+    size = phases.FEATURE_BATCH_SIZE
     batches = [x_train[start:start + size] for start in range(0, len(x_train), size)]
     for batch in {b.shape: b for b in batches}.values():
         engine(batch)
@@ -195,17 +202,17 @@ def main(argv: list[str] | None = None) -> None:
 
     root = pathlib.Path(tempfile.mkdtemp(prefix="train_speed_"))
     rows = {split: [(png(image), str(name)) for image, name in zip(*data, strict=True)]
-            for split, data in (("train", train), ("eval", validation))}
-    examples = trainer_testing.write_examples(root / "examples", rows)
+            for split, data in ((features.TRAIN_SPLIT, train), (features.EVAL_SPLIT, validation))}
+    examples = local_inputs.write_examples(root / "examples", rows)
     config = TrainingConfig(
         backbone=BACKBONE, weights="imagenet", image_size=IMAGE_SIZE, epochs=args.epochs,
         batch_size=BATCH_SIZE, learning_rate=LEARNING_RATE, head=HeadConfig(dropout=0.2),
         early_stopping_patience=args.epochs,  # run every epoch, as the seeds do
     )
-    transform_dir = trainer_testing.write_transform_output(
-        root / "transform", config, rows["train"], root / "tft_tmp")
+    transform_dir = local_inputs.write_transform_output(
+        root / "transform", config, rows[features.TRAIN_SPLIT], root / "tft_tmp")
     test_encoded = [png(image) for image in test[0]]
-    class_names = export.class_names(trainer_testing.tft.TFTransformOutput(transform_dir))
+    class_names = export.class_names(tft.TFTransformOutput(transform_dir))
 
     # Ours twice: first as a fresh Trainer process runs it (the first Keras model,
     # graph and tf.data pipeline of the process), then warm, like the floor.

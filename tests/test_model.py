@@ -14,7 +14,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from tests import trainer_testing
-from trainer import classifier, export, model, phases
+from trainer import classifier, export, local_inputs, model, phases
 from trainer.config import (
     FEATURE_ENGINE_TENSORFLOW,
     FEATURE_ENGINE_TFLITE,
@@ -115,7 +115,7 @@ def test_binary_head_exports_two_scores_the_evaluator_reads(binary_mixed_precisi
     fn_args, _ = binary_mixed_precision_run
     _, _, eval_rows = trainer_testing.colour_examples(
         tuple(TWO_CLASSES.items()), tuple(TWO_CLASSES_EVAL.items()))
-    examples = [trainer_testing._example(image, label) for image, label in eval_rows]
+    examples = [local_inputs.serialized_example(image, label) for image, label in eval_rows]
     loaded = tf.saved_model.load(fn_args.serving_model_dir)
     # What the Evaluator reads: `scores` per class, named by `classes`, per example.
     served = loaded.signatures[export.SERVING_EXAMPLES](examples=tf.constant(examples))

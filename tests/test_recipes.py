@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests import trainer_testing
-from trainer import export, model
+from trainer import classifier, export, model, phases
 from trainer.config import TrainingConfig
 from trainer.config_file import build_config, read_config_file
 
@@ -52,38 +52,38 @@ def _run(config, tmp_path, train=None):
 
 def test_s0_vgg16_cut_at_fc2_with_a_dense_layer(tmp_path):
     config = _recipe("s0")
-    base = model.build_parts(config, 3).base
+    base = classifier.build_parts(config, 3).base
     assert base.layers[-1].name == "fc2" and base.output_shape == (None, 4096)
     history = _run(config, tmp_path)
-    assert history["path"] == {model.HEAD_PHASE: model.PATH_CACHED}
+    assert history["path"] == {phases.HEAD_PHASE: phases.PATH_CACHED}
 
 
 def test_s1_feature_vector_with_augmentation_then_fine_tuning(tmp_path):
     config = _recipe("s1")
     history = _run(config, tmp_path)
-    assert history["path"] == {model.HEAD_PHASE: model.PATH_END_TO_END,
-                               model.FINE_TUNING_PHASE: model.PATH_END_TO_END}
+    assert history["path"] == {phases.HEAD_PHASE: phases.PATH_END_TO_END,
+                               phases.FINE_TUNING_PHASE: phases.PATH_END_TO_END}
     assert history["unfrozen_layers"][-1] == "Conv_1"
-    assert len(history[model.FINE_TUNING_PHASE]["loss"]) == 1
+    assert len(history[phases.FINE_TUNING_PHASE]["loss"]) == 1
 
 
 def test_s2_vgg16_flatten_dense_with_augmentation(tmp_path):
     history = _run(_recipe("s2"), tmp_path)
-    assert history["path"] == {model.HEAD_PHASE: model.PATH_END_TO_END}
+    assert history["path"] == {phases.HEAD_PHASE: phases.PATH_END_TO_END}
 
 
 def test_s3_inception_mixed7_flatten_dense_sigmoid(tmp_path):
     config = _recipe("s3")
-    parts = model.build_parts(config, 2)
+    parts = classifier.build_parts(config, 2)
     assert parts.base.layers[-1].name == "mixed7"
     assert parts.head_top.get_layer("probability").output_shape == (None, 1)
     history = _run(config, tmp_path, train=TWO_CLASSES)
-    assert history["path"] == {model.HEAD_PHASE: model.PATH_CACHED}
+    assert history["path"] == {phases.HEAD_PHASE: phases.PATH_CACHED}
 
 
 def test_s4_vgg16_frozen_small_head_on_a_training_set_20_times_smaller(tmp_path):
     history = _run(_recipe("s4"), tmp_path, train=TWENTY_TIMES_SMALLER)
-    assert history["path"] == {model.HEAD_PHASE: model.PATH_CACHED}
+    assert history["path"] == {phases.HEAD_PHASE: phases.PATH_CACHED}
 
 
 @pytest.mark.parametrize("stem", ["s0", "s1", "s2", "s3", "s4"])

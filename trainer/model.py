@@ -27,15 +27,6 @@ HISTORY_FILE = "history.json"
 """In the model run directory: the training history, as JSON."""
 _SPLITS = (features.TRAIN_SPLIT, features.EVAL_SPLIT)
 
-# Still read from this module by tests/test_recipes.py and benchmarks/; their home is
-# trainer.classifier and trainer.phases.
-build_parts = classifier.build_parts
-FEATURE_BATCH_SIZE = phases.FEATURE_BATCH_SIZE
-HEAD_PHASE = phases.HEAD_PHASE
-FINE_TUNING_PHASE = phases.FINE_TUNING_PHASE
-PATH_CACHED = phases.PATH_CACHED
-PATH_END_TO_END = phases.PATH_END_TO_END
-
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
     """Trains the classifier and exports it; TFX Trainer's entry point."""
