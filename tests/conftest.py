@@ -12,6 +12,14 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
+# The interface: ML Metadata, run_summary.json, Kubeflow task names and the report
+# all name nodes by these ids. Literal on purpose.
+EXPECTED_NODE_IDS = [
+    "ImageFolderExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "DataGate",
+    "Transform", "WarmStartModelResolver", "Trainer", "LatestBlessedModelResolver",
+    "Evaluator", "Pusher",
+]
+
 # Three classes a pretrained backbone separates easily: a dominant colour each.
 CLASS_COLOURS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (30, 40, 200)}
 
@@ -55,3 +63,11 @@ def data_root(tmp_path: pathlib.Path) -> str:
         (tmp_path / "data" / label).mkdir(parents=True)
         (tmp_path / "data" / label / "1.png").write_bytes(encode(Image.new("RGB", (1, 1))))
     return str(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory):
+    """One tiny pipeline run, its report and its cached re-run (see tests/shared_run.py)."""
+    from tests import shared_run  # imports the pipeline: only for the tests that use it
+
+    return shared_run.run(tmp_path_factory.mktemp("shared_run"))

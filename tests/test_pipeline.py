@@ -6,6 +6,7 @@ import pytest
 
 from components.config import IngestConfig
 from pipeline import pipeline as pipeline_def
+from tests.conftest import EXPECTED_NODE_IDS
 from trainer.config import HeadConfig, TrainingConfig
 
 
@@ -23,13 +24,6 @@ def _node(pipeline, node_id: str):
     return next(c for c in pipeline.components if c.id == node_id)
 
 
-# The interface: ML Metadata, run_summary.json, Kubeflow task names and the report
-# all name nodes by these ids. Literal on purpose.
-EXPECTED_NODE_IDS = [
-    "ImageFolderExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "DataGate",
-    "Transform", "WarmStartModelResolver", "Trainer", "LatestBlessedModelResolver",
-    "Evaluator", "Pusher",
-]
 
 
 def test_nodes_have_the_stable_ids(data_root, tmp_path):

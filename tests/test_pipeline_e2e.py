@@ -1,4 +1,5 @@
-"""End to end: `transferline run` with LocalDagRunner, real TFX, Beam, ML Metadata."""
+"""End to end: `transferline run` with LocalDagRunner, real TFX, Beam, ML Metadata
+(the session's shared run, tests/shared_run.py), and `predict` on what it pushed."""
 
 import json
 import os
@@ -9,8 +10,7 @@ import tensorflow as tf
 from components import serving_pusher
 from pipeline import cli
 from pipeline import pipeline as pipeline_def
-from tests import mlmd_testing
-from tests.conftest import CLASS_COLOURS, encode, make_image, write_class_folder
+from tests.conftest import CLASS_COLOURS, EXPECTED_NODE_IDS, encode, make_image
 from trainer import export
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -28,37 +28,25 @@ def _versions(serving_model_dir):
     return sorted(p for p in serving_model_dir.iterdir() if not p.name.startswith("."))
 
 
-def test_run_pushes_a_serving_model_once_and_reruns_from_cache(tmp_path, capsys):
-    data = write_class_folder(tmp_path / "images", per_class=16)
-    (data / "red" / "empty.jpg").write_bytes(b"")
-    (data / "green" / "notes.txt").write_text("not an image")
-    workdir = tmp_path / "work"
-    argv = [
-        "run", "--data", str(data), "--workdir", str(workdir),
-        "--epochs", "4", "--image-size", "64", "--min-accuracy", "0.6",
-    ]
+def test_run_pushes_a_serving_model_once_and_reruns_from_cache(shared_run):
+    first, workdir = shared_run.first, shared_run.workdir
+    summary, printed = first.summary, first.printed
 
-    assert cli.main(argv) == 0
-
-    printed = capsys.readouterr().out
-    summary = json.loads((workdir / "run_summary.json").read_text())
-    assert summary["examples"]["train"] + summary["examples"]["eval"] == 48
-    assert summary["examples"]["eval"] > 0
+    assert summary["examples"] == {"train": 18, "eval": 7}  # 6 and 2 per class, one planted
     assert summary["classes"] == sorted(CLASS_COLOURS)
     assert summary["skipped"] == [
-        {"path": "red/empty.jpg", "reason": summary["skipped"][0]["reason"]}
+        {"path": "train/red/empty.jpg", "reason": summary["skipped"][0]["reason"]}
     ]
     assert "empty" in summary["skipped"][0]["reason"]
-    assert summary["files"]["seen"] == 50 and summary["files"]["ignored"] == 1
+    assert summary["files"]["seen"] == 27 and summary["files"]["ignored"] == 1
     assert summary["metrics"]["accuracy"] >= 0.6
     assert summary["blessed"] is True
     for node_id in pipeline_def.NODE_IDS:
         assert f"{node_id} started" in printed and f"{node_id} finished" in printed
     assert "transferline predict --model" in printed
 
-    records = mlmd_testing.latest_run(workdir)
-    assert set(records) == set(pipeline_def.NODE_IDS)
-    assert {record.state for record in records.values()} == {"COMPLETE"}
+    assert set(first.nodes) == set(EXPECTED_NODE_IDS)
+    assert {node.state for node in first.nodes.values()} == {"COMPLETE"}
 
     serving_model_dir = workdir / "serving" / "transferline"
     (version,) = _versions(serving_model_dir)
@@ -72,29 +60,21 @@ def test_run_pushes_a_serving_model_once_and_reruns_from_cache(tmp_path, capsys)
     card = (version / serving_pusher.MODEL_CARD_FILE).read_text()
     assert card.startswith(f"# Model card: transferline, version {version.name}\n")
     assert f"Eval-split accuracy: **{summary['metrics']['accuracy']:.4f}**" in card
-    assert "| Classes | 3: " in card and "| Input size | 64 x 64 RGB |" in card
+    assert "| Classes | 3: " in card and "| Input size | 32 x 32 RGB |" in card
     assert "| accuracy (value) | >= 0.6000 |" in card and "| pass |" in card
 
     # Unchanged data: everything up to the model is served from cache, no second push.
-    assert cli.main(argv) == 0
-    rerun = mlmd_testing.latest_run(workdir)
+    rerun = shared_run.rerun
     for node_id in CACHED_ON_RERUN:
-        assert rerun[node_id].state == "CACHED", node_id
+        assert rerun.nodes[node_id].state == "CACHED", node_id
     assert _versions(serving_model_dir) == [version]
-    summary_again = json.loads((workdir / "run_summary.json").read_text())
-    assert summary_again["pushed_model"] == str(version)
-    assert summary_again["pushed_this_run"] is False
-    assert "already serves" in capsys.readouterr().out
+    assert rerun.summary["pushed_model"] == str(version)
+    assert rerun.summary["pushed_this_run"] is False
+    assert "already serves" in rerun.printed
 
 
-def test_predict_command_labels_images_from_a_pushed_model(tmp_path, capsys):
-    data = write_class_folder(tmp_path / "images", per_class=10)
-    workdir = tmp_path / "work"
-    assert cli.main([
-        "run", "--data", str(data), "--workdir", str(workdir), "--backbone", "mobilenet_v2",
-        "--weights", "none", "--epochs", "2", "--image-size", "32", "--min-accuracy", "0",
-    ]) == 0
-    capsys.readouterr()
+def test_predict_command_labels_images_from_a_pushed_model(shared_run, tmp_path, capsys):
+    workdir = shared_run.workdir
     image = tmp_path / "green.png"
     image.write_bytes(encode(make_image(CLASS_COLOURS["green"], seed=5)))
     broken = tmp_path / "broken.jpg"

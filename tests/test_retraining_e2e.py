@@ -49,11 +49,11 @@ def _trainer_history(records):
 def test_spans_push_once_retrain_against_the_baseline_and_gate_bad_data(tmp_path, capsys):
     data, workdir = tmp_path / "images", tmp_path / "work"
     write_class_folder(data / "span-1", per_class=12)
-    # Tiny: 64 px images; epochs are cheap (the head trains on cached backbone features).
+    # Tiny: 32 px images; epochs are cheap (the head trains on cached backbone features).
     # Top-2 accuracy: the default top-5 needs more than three classes.
     argv = [
         "run", "--data", str(data), "--workdir", str(workdir), "--epochs", "20",
-        "--image-size", "64", "--min-accuracy", "0.5", "--max-accuracy-drop", "0.5",
+        "--image-size", "32", "--min-accuracy", "0.5", "--max-accuracy-drop", "0.5",
         "--accuracy-top-k", "2",
     ]
 
