@@ -191,10 +191,6 @@ class Evaluation:
             ))
         return tuple(scores)
 
-    @property
-    def failed_checks(self) -> tuple[ThresholdCheck, ...]:
-        return tuple(check for check in self.checks if check.passed is False)
-
     def metrics_json(self) -> dict[str, Any]:
         """`run_summary.json`'s `metrics`: accuracy, top-k, examples, per class, confusion."""
         metrics: dict[str, Any] = {}
