@@ -68,6 +68,8 @@ MODEL_CARD_FILE = model_card.VERSION_CARD_FILE
 EVALUATION_KEY = standard_component_specs.EVALUATION_KEY
 EVAL_CONFIG_KEY = standard_component_specs.EVAL_CONFIG_KEY
 ALREADY_SERVING_PROPERTY = "already_serving_version"
+PUSHED_PROPERTY = "pushed"  # TFX Pusher's PushedModel custom properties
+PUSHED_DESTINATION_PROPERTY = "pushed_destination"
 KEEP_VERSIONS_KEY = "keep_versions"
 WARMUP_BATCH_SIZES = (1, 32)
 STALE_INCOMPLETE_SECONDS = 24 * 3600
@@ -228,6 +230,18 @@ def read_source(version_dir: str) -> dict[str, Any]:
         return json.load(f)
 
 
+def pushed_now(pushed_model: Mapping[str, Any]) -> bool:
+    """Whether the push with these PushedModel properties wrote a new version."""
+    return pushed_model.get(PUSHED_PROPERTY) == 1
+
+
+def serving_version_dir(pushed_model: Mapping[str, Any]) -> str | None:
+    """The version directory serving the pushed model, written now or already serving."""
+    if pushed_now(pushed_model) or pushed_model.get(ALREADY_SERVING_PROPERTY) is not None:
+        return pushed_model.get(PUSHED_DESTINATION_PROPERTY)
+    return None
+
+
 def blessing_facts(blessing: Mapping[str, Any]) -> tuple[bool | None, str | None]:
     """(blessed, baseline model URI) from a ModelBlessing's custom properties."""
     blessed = blessing.get(evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY)
@@ -340,7 +354,7 @@ class Executor(tfx_pusher_executor.Executor):
             self._MarkNotPushed(model_push)
             model_push.set_int_custom_property(ALREADY_SERVING_PROPERTY, serving)
             model_push.set_string_custom_property(
-                "pushed_destination", os.path.join(base_directory, str(serving))
+                PUSHED_DESTINATION_PROPERTY, os.path.join(base_directory, str(serving))
             )
             write_models_config(serving_dir)
             return

@@ -85,8 +85,8 @@ def build_summary(
         "metrics": evaluation.metrics_json() if evaluation else {},
         "blessed": blessed,
         "gate": evaluation.gate_json(blessed) if evaluation else {},
-        "pushed_model": _pushed_model_dir(pushed.properties if pushed else None),
-        "pushed_this_run": bool(pushed is not None and pushed.properties.get("pushed") == 1),
+        "pushed_model": serving_pusher.serving_version_dir(pushed.properties) if pushed else None,
+        "pushed_this_run": pushed is not None and serving_pusher.pushed_now(pushed.properties),
         "steps": {execution.node_id: execution.state for execution in run.executions},
     }
 
@@ -128,12 +128,3 @@ def _data_gate_report(run: RunRecord) -> dict[str, Any]:
     if checked_schema is None:
         return {}
     return json.loads(checked_schema.properties.get(data_gate.REPORT_PROPERTY) or "{}")
-
-
-def _pushed_model_dir(pushed: Mapping[str, Any] | None) -> str | None:
-    """The version directory serving this run's model, pushed now or before."""
-    if pushed is None:
-        return None
-    if pushed.get("pushed") == 1 or pushed.get(serving_pusher.ALREADY_SERVING_PROPERTY) is not None:
-        return pushed.get("pushed_destination")
-    return None

@@ -16,6 +16,8 @@ from google.protobuf import json_format
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from components import serving_pusher
+
 _PIPELINE_CONTEXT = "pipeline"
 _RUN_CONTEXT = "pipeline_run"
 _NODE_CONTEXT = "node"
@@ -229,8 +231,8 @@ def pushed_runs(store: metadata_store.MetadataStore, pipeline_name: str) -> dict
     pushed = {}
     for artifact in store.get_artifacts_by_type("PushedModel"):
         props = _properties(artifact)
-        destination = props.get("pushed_destination")
-        if props.get("pushed") != 1 or not destination:
+        destination = serving_pusher.serving_version_dir(props)
+        if not serving_pusher.pushed_now(props) or not destination:
             continue
         for event in store.get_events_by_artifact_ids([artifact.id]):
             if event.type != metadata_store_pb2.Event.OUTPUT:
