@@ -32,7 +32,7 @@ from components.config import IngestConfig
 from components.file_outcome import IngestedFile, ScreenedFile
 from components.folder_walk import FoundFile
 
-try:  # A C implementation, 10x faster than crcmod's (Beam's default).
+try:  # A C implementation, much faster than crcmod's (Beam's default).
     import google_crc32c
 
     def _crc32c(data: bytes) -> int:
