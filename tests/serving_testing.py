@@ -8,9 +8,12 @@ pipeline, in seconds.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import pathlib
+import shutil
+import tempfile
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -85,3 +88,25 @@ def export_tiny_model(export_dir: pathlib.Path, tf_transform_output, *args, **kw
         tiny_classifier(), tf_transform_output, str(export_dir), *args, **kwargs
     )
     return str(export_dir)
+
+
+# ------------------------------------------------- shared across the test session
+
+_SESSION_ROOT = pathlib.Path(tempfile.mkdtemp(prefix="transferline_serving_tests_"))
+atexit.register(shutil.rmtree, _SESSION_ROOT, ignore_errors=True)
+
+
+@functools.cache
+def shared_transform_output() -> tuple:
+    """`write_transform_output`, run once per test session, for tests that only read it."""
+    return write_transform_output(_SESSION_ROOT / "transform", _SESSION_ROOT / "tft_tmp")
+
+
+@functools.cache
+def shared_tiny_model() -> str:
+    """`export_tiny_model` with the default settings, exported once per test session.
+
+    For tests that only read or copy it; a test that writes into a model exports its own.
+    """
+    tf_transform_output, _ = shared_transform_output()
+    return export_tiny_model(_SESSION_ROOT / "model", tf_transform_output)

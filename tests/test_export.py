@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import struct
 
 import numpy as np
@@ -17,10 +18,8 @@ from trainer.config import ExportConfig
 
 
 @pytest.fixture(scope="module")
-def transform_output(tmp_path_factory):
-    return serving_testing.write_transform_output(
-        tmp_path_factory.mktemp("transform"), tmp_path_factory.mktemp("tft_tmp")
-    )
+def transform_output():
+    return serving_testing.shared_transform_output()
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +157,8 @@ def test_tflite_model_agrees_with_the_saved_model(transform_output, tmp_path):
 
 def test_a_disagreeing_tflite_model_fails_the_export_by_name(transform_output, tmp_path):
     tf_transform_output, _ = transform_output
-    export_dir = serving_testing.export_tiny_model(tmp_path / "model", tf_transform_output)
+    export_dir = str(tmp_path / "model")  # a copy: the export below writes into it
+    shutil.copytree(serving_testing.shared_tiny_model(), export_dir)
     other_weights = serving_testing.tiny_classifier(seed=1)  # not the model that was saved
 
     with pytest.raises(export.ExportError, match=r"disagrees with the SavedModel.*"

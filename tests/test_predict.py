@@ -14,12 +14,8 @@ from tests.serving_testing import colour_image
 @pytest.fixture(scope="module")
 def serving_dir(tmp_path_factory):
     """`<serving>/colours/<version>/`, as the Pusher lays it out, with two versions."""
-    tmp = tmp_path_factory.mktemp("predict")
-    tf_transform_output, _ = serving_testing.write_transform_output(
-        tmp / "transform", tmp / "tft_tmp"
-    )
-    model = serving_testing.export_tiny_model(tmp / "model", tf_transform_output)
-    serving = tmp / "serving"
+    model = serving_testing.shared_tiny_model()
+    serving = tmp_path_factory.mktemp("predict") / "serving"
     for version in ("7", "12"):
         shutil.copytree(model, serving / "colours" / version)
     return serving

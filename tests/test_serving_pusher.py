@@ -173,10 +173,7 @@ def test_models_config_lists_every_served_model(saved_model, tmp_path):
 
 
 def test_warmup_requests_replay_against_the_pushed_model(tmp_path):
-    tf_transform_output, _ = serving_testing.write_transform_output(
-        tmp_path / "transform", tmp_path / "tft_tmp"
-    )
-    model_dir = serving_testing.export_tiny_model(tmp_path / "model", tf_transform_output)
+    model_dir = serving_testing.shared_tiny_model()  # only copied by the push
     version_dir = serving_pusher.push_model(model_dir, str(tmp_path / "serving" / "m"), 1, "uri")
 
     records = list(tf.data.TFRecordDataset(
@@ -248,9 +245,7 @@ def test_each_version_carries_its_model_card_and_still_loads(saved_model, tmp_pa
 
 
 def test_the_card_describes_an_exported_model_from_its_training_record(tmp_path):
-    tf_transform_output, _ = serving_testing.write_transform_output(
-        tmp_path / "transform", tmp_path / "tft_tmp"
-    )
+    tf_transform_output, _ = serving_testing.shared_transform_output()
     record = {"config": serving_testing.CONFIG.to_dict(),
               "history": {"unfrozen_layers": ["block_16_project"]}}
     model_dir = serving_testing.export_tiny_model(
