@@ -1,55 +1,24 @@
 """The Transform module on real tensorflow-transform with Beam, and the export built on it."""
 
-import functools
-import os
-
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_transform as tft
-import tensorflow_transform.beam as tft_beam
 from PIL import Image
-from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
 
-from tests.conftest import CLASS_COLOURS, encode, make_image
+from tests import serving_testing
+from tests.conftest import encode
 from trainer import export, features, transform
-from trainer.config import TrainingConfig
-
-CONFIG = TrainingConfig(backbone="mobilenet_v2", weights="none", image_size=32)
-RAW_SPEC = {
-    features.IMAGE_KEY: tf.io.FixedLenFeature([1], tf.string),
-    features.LABEL_KEY: tf.io.FixedLenFeature([1], tf.string),
-}
-
-
-def _raw_examples():
-    rows = []
-    for n, label in enumerate(["red", "red", "red", "green", "green", "blue"]):
-        image = make_image(CLASS_COLOURS[label], seed=n)
-        image_format = "PNG" if n % 2 else "JPEG"
-        rows.append(
-            {features.IMAGE_KEY: [encode(image, image_format)], features.LABEL_KEY: [label]}
-        )
-    return rows
 
 
 @pytest.fixture(scope="module")
-def transform_output(tmp_path_factory):
-    """Runs preprocessing_fn with TFT on Beam and returns its TFTransformOutput."""
-    output_dir = str(tmp_path_factory.mktemp("transform"))
-    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(RAW_SPEC))
-    preprocessing_fn = functools.partial(
-        transform.preprocessing_fn, custom_config=CONFIG.to_dict()
-    )
-    with tft_beam.Context(temp_dir=str(tmp_path_factory.mktemp("tft_tmp"))):
-        transformed, transform_fn = (
-            (_raw_examples(), metadata) | tft_beam.AnalyzeAndTransformDataset(preprocessing_fn)
-        )
-        _ = transform_fn | tft_beam.WriteTransformFn(output_dir)
-    metadata_io.write_metadata(
-        metadata, os.path.join(output_dir, tft.TFTransformOutput.RAW_METADATA_DIR)
-    )
-    return tft.TFTransformOutput(output_dir), transformed[0]
+def transform_output():
+    """preprocessing_fn run by TFT's AnalyzeAndTransformDataset on Beam over six labelled
+    images (red x3, green x2, blue; mobilenet_v2 at 32 px): (TFTransformOutput, rows).
+
+    The session's one run (`serving_testing.shared_transform_output`), which the
+    export and serving tests read too.
+    """
+    return serving_testing.shared_transform_output()
 
 
 def test_vocabulary_orders_labels_by_frequency(transform_output):
