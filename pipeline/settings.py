@@ -182,7 +182,7 @@ FLAGS: tuple[SettingFlag, ...] = (
         help="compile with KFP caching off (advised for schedules)", switch=False),
     SettingFlag("--no-baseline", KUBEFLOW, "baseline",
         help="no resolver tasks (open-source Kubeflow Pipelines runs none): the Evaluator "
-                "applies the absolute bounds only, not the no-regression one", switch=False),
+        "applies the absolute bounds only, not the no-regression one", switch=False),
 )
 
 
