@@ -16,6 +16,7 @@ import textwrap
 import pytest
 import tensorflow as tf
 
+from tests import trainer_testing
 from trainer import strategy
 
 MIRRORED_RUN = textwrap.dedent("""
@@ -27,7 +28,7 @@ MIRRORED_RUN = textwrap.dedent("""
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
     from tests import trainer_testing
-    from trainer import model, strategy
+    from trainer import local_inputs, model, strategy
     from trainer.config import FineTuningConfig, HeadConfig, TrainingConfig
 
     mirrored = strategy.make_strategy(["/cpu:0", "/cpu:1"])
@@ -35,16 +36,20 @@ MIRRORED_RUN = textwrap.dedent("""
         backbone="efficientnet_lite0", weights="imagenet", image_size=32, epochs=3,
         batch_size=8, learning_rate=0.01, head=HeadConfig(dense_units=(8,)),
         fine_tuning=FineTuningConfig(unfreeze_layers=3, learning_rate=1e-3, epochs=1))
-    workdir = pathlib.Path(sys.argv[1])
-    fn_args = trainer_testing.fn_args_for(config, workdir / "cached")
+    # The parent's examples and Transform output: Beam need not run again in here.
+    workdir, examples_uri, transform_dir = pathlib.Path(sys.argv[1]), *sys.argv[2:4]
+    examples = trainer_testing.examples_at(examples_uri)
+    fn_args = local_inputs.make_fn_args(examples, transform_dir, config, workdir / "cached")
     history = model.train_and_export(fn_args, strategy=mirrored)
-    _, _, eval_rows = trainer_testing.colour_examples()
-    served = trainer_testing.serve(fn_args.serving_model_dir, [i for i, _ in eval_rows])
+    eval_rows = json.loads(pathlib.Path(sys.argv[4]).read_text())
+    served = trainer_testing.serve(fn_args.serving_model_dir,
+                                   [bytes.fromhex(i) for i, _ in eval_rows])
     accuracy = sum(p.decode() == label for p, (_, label) in
                    zip(served["label"].numpy(), eval_rows)) / len(eval_rows)
-    plain_args = trainer_testing.fn_args_for(
-        dataclasses.replace(config, cache_features=False, epochs=1,
-                            fine_tuning=FineTuningConfig()), workdir / "plain")
+    plain_args = local_inputs.make_fn_args(
+        examples, transform_dir, dataclasses.replace(
+            config, cache_features=False, epochs=1, fine_tuning=FineTuningConfig()),
+        workdir / "plain")
     plain = model.train_and_export(plain_args, strategy=mirrored)
     print("RESULT", json.dumps({
         "replicas": mirrored.num_replicas_in_sync, "type": type(mirrored).__name__,
@@ -54,8 +59,13 @@ MIRRORED_RUN = textwrap.dedent("""
 
 
 def test_training_runs_mirrored_across_two_devices(tmp_path):
+    examples, train_rows, eval_rows = trainer_testing.colour_examples()
+    transform_dir = trainer_testing.transform_output_for("efficientnet_lite0", 32, train_rows)
+    eval_file = tmp_path / "eval_rows.json"
+    eval_file.write_text(json.dumps([(image.hex(), label) for image, label in eval_rows]))
     done = subprocess.run(
-        [sys.executable, "-c", MIRRORED_RUN, str(tmp_path)],
+        [sys.executable, "-c", MIRRORED_RUN, str(tmp_path), examples.uri, transform_dir,
+         str(eval_file)],
         capture_output=True, text=True, timeout=600,
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]

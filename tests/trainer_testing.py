@@ -13,7 +13,9 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 from tfx import v1 as tfx
-from tfx.types import standard_artifacts
+from tfx.components.util import examples_utils
+from tfx.proto import example_gen_pb2
+from tfx.types import artifact_utils, standard_artifacts
 
 from tests.conftest import CLASS_COLOURS, encode, make_image
 from trainer import features
@@ -21,7 +23,6 @@ from trainer.config import TrainingConfig
 from trainer.local_inputs import Row, make_fn_args, write_examples, write_transform_output
 
 SPLITS = (features.TRAIN_SPLIT, features.EVAL_SPLIT)
-
 
 
 def colour_rows(per_class: dict[str, int], seed_offset: int = 0, size: int = 40) -> list[Row]:
@@ -74,6 +75,15 @@ def transform_output_for(backbone: str, image_size: int, rows: tuple[Row, ...]) 
         "hub:") else "none", image_size=image_size)
     root = pathlib.Path(tempfile.mkdtemp(dir=_SESSION_ROOT))
     return write_transform_output(root / "transform", config, rows, root / "tmp")
+
+
+def examples_at(uri: str) -> standard_artifacts.Examples:
+    """The Examples artifact `write_examples` wrote at `uri` (train and eval splits)."""
+    examples = standard_artifacts.Examples()
+    examples.uri = uri
+    examples.split_names = artifact_utils.encode_split_names(list(SPLITS))
+    examples_utils.set_payload_format(examples, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
+    return examples
 
 
 def fn_args_for(
