@@ -10,13 +10,18 @@ import tensorflow as tf
 
 from tests import trainer_testing
 from trainer import classifier, model, warm_start
-from trainer.config import FineTuningConfig, HeadConfig, TrainingConfig
+from trainer.config import (
+    FEATURE_ENGINE_TENSORFLOW,
+    FineTuningConfig,
+    HeadConfig,
+    TrainingConfig,
+)
 from trainer.warm_start import Manifest
 
 CONFIG = TrainingConfig(
     backbone="efficientnet_lite0", weights="imagenet", image_size=32, epochs=2,
-    batch_size=8, learning_rate=0.01, head=HeadConfig(dense_units=(8,)),
-)
+    batch_size=12, learning_rate=0.01, head=HeadConfig(dense_units=(8,)),
+)  # batches of 12 split the 60 training and 12 eval images evenly: no retracing
 CLASSES = ["red", "green", "blue"]  # the vocabulary order of the colour examples
 
 
@@ -80,9 +85,14 @@ def test_off_or_no_base_trains_from_scratch():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One real training run, fine-tuned so the backbone is saved too."""
+    """One real training run, fine-tuned so the backbone is saved too.
+
+    Its cached features come from TensorFlow: warm start does not depend on the
+    feature engine, which `test_model` and `test_feature_engine` test.
+    """
     config = dataclasses.replace(
-        CONFIG, fine_tuning=FineTuningConfig(unfreeze_layers=2, learning_rate=1e-3, epochs=1))
+        CONFIG, fine_tuning=FineTuningConfig(unfreeze_layers=2, learning_rate=1e-3, epochs=1),
+        feature_engine=FEATURE_ENGINE_TENSORFLOW)
     fn_args = trainer_testing.fn_args_for(config, tmp_path_factory.mktemp("first"))
     history = model.train_and_export(fn_args)
     return config, fn_args, history
