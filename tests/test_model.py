@@ -173,9 +173,13 @@ def test_head_shapes():
 
 @pytest.fixture(scope="module")
 def export_settings_run(tmp_path_factory):
-    """The Trainer with a small pixel budget and a TFLite model asked for."""
+    """The Trainer with a small pixel budget and a TFLite model asked for.
+
+    The cached features come from TensorFlow: this run is about the export, and
+    the fast-path tests above keep the TFLite feature engine.
+    """
     config = dataclasses.replace(
-        EXACT, epochs=1, fine_tuning=FineTuningConfig(),
+        EXACT, epochs=1, fine_tuning=FineTuningConfig(), feature_engine=FEATURE_ENGINE_TENSORFLOW,
         export=ExportConfig(max_image_pixels=2_000, tflite=True),
     )
     fn_args = trainer_testing.fn_args_for(config, tmp_path_factory.mktemp("export"))
