@@ -449,6 +449,11 @@ def export_tflite(
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [run.get_concrete_function()], classifier
     )
+    # Convert the function's frozen graph directly. Lowered through a SavedModel
+    # (the converter's default when given the Keras model), it would first save
+    # the whole Keras object graph with every layer's traced call functions to a
+    # temporary directory and load it back, only to freeze the same graph.
+    converter.experimental_lower_to_saved_model = False
     try:
         model_bytes = converter.convert()
     except Exception as error:  # noqa: BLE001 (the converter raises many types)
