@@ -37,8 +37,10 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# Two workers, one per core: much of a pipeline run is single-threaded orchestration.
+# The tests of the shared pipeline run stay on one worker (--dist loadgroup).
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 clean:
 	rm -rf $(VENV) $(WORKDIR) demo_data

