@@ -183,3 +183,11 @@ def decoded(result: IngestedFile) -> Image.Image:
     assert image.format.lower() == result.image_format
     image.load()
     return image
+
+
+def ingested_zoo(folder: Path) -> dict[str, IngestedFile]:
+    """The zoo built under `folder/images` and ingested: relative path -> outcome."""
+    root = folder / "images"
+    root.mkdir()
+    build_zoo(root)
+    return ingest_zoo(root)

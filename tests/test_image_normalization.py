@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,10 +18,9 @@ from tests.image_zoo import (
     GOOD_PNG,
     RED,
     ZOO,
-    build_zoo,
     decoded,
     encode_as,
-    ingest_zoo,
+    ingested_zoo,
     noise,
     png_claiming,
 )
@@ -30,10 +28,7 @@ from tests.image_zoo import (
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, IngestedFile]:
-    root: Path = tmp_path_factory.mktemp("zoo") / "images"
-    root.mkdir()
-    build_zoo(root)
-    return ingest_zoo(root)
+    return ingested_zoo(tmp_path_factory.mktemp("zoo"))
 
 
 # --------------------------------------------------------------------------
