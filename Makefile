@@ -38,9 +38,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 # Two workers, one per core: much of a pipeline run is single-threaded orchestration.
-# The tests of the shared pipeline run stay on one worker (--dist loadgroup).
+# Each worker that runs a test of the shared pipeline run makes that run once.
 test: lint
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 2
 
 clean:
 	rm -rf $(VENV) $(WORKDIR) demo_data

@@ -13,8 +13,7 @@ from pipeline import pipeline as pipeline_def
 from tests.conftest import CLASS_COLOURS, EXPECTED_NODE_IDS, encode, make_image
 from trainer import export
 
-# With pytest-xdist, on the one worker that makes the shared run.
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("shared_run")]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CACHED_ON_RERUN = (
     pipeline_def.EXAMPLE_GEN,

@@ -25,9 +25,6 @@ from pipeline import cli
 from pipeline import pipeline as pipeline_def
 from tests.conftest import CLASS_COLOURS
 
-# With pytest-xdist, on the one worker that makes the shared run.
-pytestmark = pytest.mark.xdist_group("shared_run")
-
 
 def _e2e(test):
     """Marks a test that reads the report of the real pipeline run."""
