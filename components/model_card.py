@@ -9,13 +9,44 @@ its evaluation and its gate: the Pusher calls it while it pushes and writes
 `model_card.md` into the version; `transferline report` calls it with the same
 inputs read back from ML Metadata and adds what it knows of the dataset, so the
 two cards of one version agree.
+
+Every value a card quotes (class names, paths, settings, metric and signature
+names, versions, commands) may come from a folder or file name chosen by
+someone else, so each is escaped for where it goes; the card's own words are
+not. The scheme, for CommonMark and GitHub Markdown:
+
+* Text (`_text`): `<`, `>` and `&` become entities, so no HTML tag or entity
+  forms; `\\`, backticks, `*`, `#` and `~` are backslash-escaped, and `_`
+  wherever it could start or end emphasis (not between two letters or digits,
+  where it cannot); a `]` before `(` or `[` is escaped, so no link or image can
+  close (the card never puts `(` or `[` right after a value, and a reference
+  definition needs a line of its own, which no value starts).
+* Code (`_code`): backslash escapes and entities do not work inside a code span
+  (they show literally), and nothing in one is read as HTML or Markdown; so the
+  value goes in as it is, between backtick fences longer than any run of
+  backticks in it (padded with a space where it starts or ends with one).
+* Commands in fenced blocks: every value is one shell word (`shlex.quote`;
+  URL path segments percent-encoded first), and the fence is longer than any
+  run of backticks in the block, so nothing in it can close the fence.
+* Outside fenced blocks: a line break in a value becomes a space, so a value
+  can neither end a table row or list item nor start a heading.
+* Table cells (`_table`): every `|` becomes `\\|`. GFM splits a row only at
+  pipes with no backslash directly before them and then removes exactly that
+  one backslash, code spans included, so a cell keeps its content and a row its
+  columns.
+
+So `<` reaches the file raw only inside code spans and fenced blocks, where
+every CommonMark renderer prints it as text.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import shlex
 import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
@@ -148,7 +179,7 @@ def write_model_card(facts: ModelCardFacts, directory: str, filename: str | None
 def render_model_card(facts: ModelCardFacts) -> str:
     """The card as Markdown."""
     sections = [
-        f"# Model card: {facts.model_name}, version {facts.version}",
+        f"# Model card: {_text(facts.model_name)}, version {_text(facts.version)}",
         _model_details(facts),
         _training_data(facts),
         _evaluation(facts),
@@ -274,24 +305,24 @@ def _model_details(facts: ModelCardFacts) -> str:
         else "frozen"
     )
     rows = [
-        ("Model name", facts.model_name),
-        ("Version", facts.version),
-        ("Pushed", facts.pushed_at),
+        ("Model name", _text(facts.model_name)),
+        ("Version", _text(facts.version)),
+        ("Pushed", _text(facts.pushed_at)),
         ("Serving directory", _code(facts.serving_path)),
         (
             "Architecture",
-            f"{_or_unknown(facts.backbone)} backbone ({backbone_state}) + new head",
+            f"{_text(_or_unknown(facts.backbone))} backbone ({backbone_state}) + new head",
         ),
-        ("Backbone weights", facts.weights),
+        ("Backbone weights", _text(facts.weights)),
         ("Input size", size),
-        ("Classes", f"{len(facts.classes)}: {', '.join(facts.classes)}" if facts.classes else ""),
+        ("Classes", f"{len(facts.classes)}: {_texts(facts.classes)}" if facts.classes else ""),
         ("Source model artifact", _code(facts.model_uri)),
-        ("Pipeline run", facts.pipeline_run),
+        ("Pipeline run", _text(facts.pipeline_run)),
     ]
     text = "## Model details\n\n" + _table(("", ""), rows)
     if facts.training_config:
         flat = flatten_settings(facts.training_config)
-        settings = ", ".join(f"`{key}={value}`" for key, value in sorted(flat.items()))
+        settings = ", ".join(_code(f"{key}={value}") for key, value in sorted(flat.items()))
         text += f"\n\nTraining settings: {settings}."
     return text
 
@@ -302,7 +333,9 @@ def _training_data(facts: ModelCardFacts) -> str:
     lines.append(f"- Fingerprint: {_code(facts.data_fingerprint) or NOT_RECORDED}")
     lines.append(f"- Span: {facts.data_span if facts.data_span is not None else NOT_RECORDED}")
     if facts.examples_per_split:
-        splits = ", ".join(f"{split} {n}" for split, n in sorted(facts.examples_per_split.items()))
+        splits = ", ".join(
+            f"{_text(split)} {n}" for split, n in sorted(facts.examples_per_split.items())
+        )
         lines.append(f"- Images per split: {splits}")
     if facts.files_not_used is not None:
         lines.append(f"- Files not used (skipped or duplicate): {facts.files_not_used}")
@@ -311,7 +344,7 @@ def _training_data(facts: ModelCardFacts) -> str:
         eval_default = 0 if facts.eval_images_per_class else ""
         rows = [
             (
-                name,
+                _text(name),
                 facts.images_per_class.get(name, 0),
                 facts.eval_images_per_class.get(name, eval_default),
             )
@@ -328,7 +361,9 @@ def _evaluation(facts: ModelCardFacts) -> str:
     if others:
         lines.append("")
         lines.append(
-            _table(("metric", "value"), sorted((k, _number(v)) for k, v in others.items()))
+            _table(
+                ("metric", "value"), [(_text(k), _number(v)) for k, v in sorted(others.items())]
+            )
         )
     if facts.per_class:
         lines.append("")
@@ -336,7 +371,7 @@ def _evaluation(facts: ModelCardFacts) -> str:
             _table(
                 ("class", "eval images", "precision", "recall"),
                 [
-                    (c.name, c.support, _number(c.precision), _number(c.recall))
+                    (_text(c.name), c.support, _number(c.precision), _number(c.recall))
                     for c in facts.per_class
                 ],
             )
@@ -355,7 +390,7 @@ def _gate(facts: ModelCardFacts) -> str:
     if facts.gate_checks:
         rows = [
             (_check_name(c), _check_requirement(c), _number(c.value), _number(c.baseline),
-             c.outcome)
+             _text(c.outcome))
             for c in facts.gate_checks
         ]
         text += "\n\n" + _table(("metric", "requirement", "value", "baseline", "outcome"), rows)
@@ -363,12 +398,16 @@ def _gate(facts: ModelCardFacts) -> str:
 
 
 def _check_name(check: ThresholdCheck) -> str:
-    where = "" if check.slice == OVERALL else f", {check.slice}"
-    return f"{check.metric} ({check.threshold_type}{where})"
+    where = "" if check.slice == OVERALL else f", {_text(check.slice)}"
+    return f"{_text(check.metric)} ({check.threshold_type}{where})"
 
 
 def _check_requirement(check: ThresholdCheck) -> str:
-    """The bound in words; a change bound relative to the baseline's value."""
+    """The bound in words; a change bound relative to the baseline's value.
+
+    The card's own words around numbers (`ThresholdCheck.requirement`'s too), so
+    written as they are: nothing in them is quoted from elsewhere.
+    """
     if check.threshold_type != CHANGE:
         return check.requirement
     text = f">= baseline - {check.max_drop:g}"
@@ -376,7 +415,7 @@ def _check_requirement(check: ThresholdCheck) -> str:
 
 
 def _intended_use(facts: ModelCardFacts) -> str:
-    classes = ", ".join(facts.classes) if facts.classes else "the classes it was trained on"
+    classes = _texts(facts.classes) if facts.classes else "the classes it was trained on"
     return (
         "## Intended use\n\n"
         f"Sorting images like those in the training folder into one of: {classes}. "
@@ -410,7 +449,7 @@ def _limitations(facts: ModelCardFacts) -> str:
         unevaluated = [name for name, n in eval_counts.items() if n == 0]
         fewest = min((n for n in eval_counts.values() if n > 0), default=0)
         if unevaluated:
-            notes.append(f"Not evaluated at all (no eval images): {', '.join(unevaluated)}.")
+            notes.append(f"Not evaluated at all (no eval images): {_texts(unevaluated)}.")
         if 0 < fewest < _FEW_EVAL_IMAGES_PER_CLASS:
             notes.append(
                 f"Small evaluation set (as few as {fewest} eval images in a class): one image "
@@ -425,7 +464,7 @@ def _limitations(facts: ModelCardFacts) -> str:
         )
     weak = [c.name for c in facts.per_class if c.recall is not None and c.recall < 0.5]
     if weak:
-        notes.append(f"Recall below 0.5 on: {', '.join(weak)}.")
+        notes.append(f"Recall below 0.5 on: {_texts(weak)}.")
     return "## Limitations\n\n" + "\n".join(f"- {note}" for note in notes)
 
 
@@ -434,24 +473,29 @@ def _how_to_query(facts: ModelCardFacts) -> str:
         os.path.dirname(facts.serving_path.rstrip("/")) if facts.serving_path else "SERVING_DIR"
     )
     name = facts.model_name
-    text = f"""## How to query
-
-With TF Serving (REST), serving the model directory:
-
-```bash
-docker run -p 8501:8501 -v {model_dir}:/models/{name} -e MODEL_NAME={name} tensorflow/serving
-curl -s -d '{{"instances": [{{"b64": "'"$(base64 -w0 image.jpg)"'"}}]}}' \\
-    http://localhost:8501/v1/models/{name}/versions/{facts.version}:predict
-```
-
-From the command line, without a server:
-
-```bash
-transferline predict --model {facts.serving_path or model_dir} image.jpg
-```"""
+    url = (
+        f"http://localhost:8501/v1/models/{_url_segment(name)}"
+        f"/versions/{_url_segment(facts.version)}:predict"
+    )
+    serve = _shell_block(
+        "docker run -p 8501:8501"
+        f" -v {shlex.quote(f'{model_dir}:/models/{name}')}"
+        f" -e {shlex.quote(f'MODEL_NAME={name}')} tensorflow/serving\n"
+        """curl -s -d '{"instances": [{"b64": "'"$(base64 -w0 image.jpg)"'"}]}' \\\n"""
+        f"    {shlex.quote(url)}"
+    )
+    predict = _shell_block(
+        f"transferline predict --model {shlex.quote(facts.serving_path or model_dir)} image.jpg"
+    )
+    text = (
+        "## How to query\n\n"
+        f"With TF Serving (REST), serving the model directory:\n\n{serve}\n\n"
+        f"From the command line, without a server:\n\n{predict}"
+    )
     if facts.signatures:
         rows = [
-            (f"`{s.name}`", "<br>".join(s.inputs), "<br>".join(s.outputs)) for s in facts.signatures
+            (_code(s.name), "<br>".join(map(_text, s.inputs)), "<br>".join(map(_text, s.outputs)))
+            for s in facts.signatures
         ]
         text += "\n\nSignatures:\n\n" + _table(("signature", "inputs", "outputs"), rows)
     return text
@@ -478,9 +522,11 @@ def _class_order(facts: ModelCardFacts) -> list[str]:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GFM table of Markdown cells (values already through `_text` or `_code`)."""
+
     def cell(value: object) -> str:
         text = NOT_RECORDED if value is None or value == "" else str(value)
-        return text.replace("|", "\\|").replace("\n", " ")
+        return text.replace("|", "\\|")
 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
@@ -491,8 +537,45 @@ def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _code(text: str | None) -> str:
-    return f"`{text}`" if text else ""
+_LINE_BREAKS = re.compile(r"\r\n|[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]")
+_BACKSLASHED = re.compile(r"[\\`*#~]|\](?=[(\[])|(?<![^\W_])_|_(?![^\W_])")
+_ENTITIES = {"<": "&lt;", ">": "&gt;", "&": "&amp;"}
+
+
+def _text(value: object) -> str:
+    """A quoted value as Markdown text that shows it as it is and forms nothing
+    (the module docstring has the scheme)."""
+    text = _LINE_BREAKS.sub(" ", "" if value is None else str(value))
+    text = re.sub(r"[<>&]", lambda m: _ENTITIES[m.group()], text)
+    return _BACKSLASHED.sub(lambda m: "\\" + m.group(), text)
+
+
+def _texts(values: Sequence[str]) -> str:
+    return ", ".join(map(_text, values))
+
+
+def _code(value: str | None) -> str:
+    """A quoted value as a code span; '' for none."""
+    if not value:
+        return ""
+    text = _LINE_BREAKS.sub(" ", value)
+    fence = "`" * (_longest_backtick_run(text) + 1)
+    pad = " " if text[0] in "` " or text[-1] in "` " else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _shell_block(commands: str) -> str:
+    """`commands` (values already `shlex.quote`d) as a fenced bash block."""
+    fence = "`" * max(3, _longest_backtick_run(commands) + 1)
+    return f"{fence}bash\n{commands}\n{fence}"
+
+
+def _longest_backtick_run(text: str) -> int:
+    return max(map(len, re.findall("`+", text)), default=0)
+
+
+def _url_segment(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
 
 
 def _or_unknown(text: str) -> str:

@@ -1,5 +1,7 @@
 """Model cards: what they say, what they leave out, where they go."""
 
+import re
+
 import pytest
 
 from components import model_card, tfma_results
@@ -188,3 +190,137 @@ def test_a_change_check_without_a_baseline_reads_as_not_applied():
 def test_write_model_card_may_use_another_file_name(tmp_path):
     path = model_card.write_model_card(_facts(), str(tmp_path), model_card.VERSION_CARD_FILE)
     assert path == str(tmp_path / "model_card.md")
+
+
+_IMG = "<img src=x onerror=alert(1)>"
+_HOSTILE_CLASSES = (_IMG, "[x](javascript:alert(1))", "![x](http://evil/)", "a|b", "cat\n# owned")
+
+
+def _hostile_text_facts() -> ModelCardFacts:
+    """Hostile values everywhere the card quotes them as text."""
+    return _facts(
+        model_name="m*1*",
+        backbone="[b](javascript:alert(1))",
+        weights="<script>alert(1)</script>",
+        pipeline_run="run_1_ & `x`",
+        classes=_HOSTILE_CLASSES,
+        examples_per_split={"<b>eval": 5},
+        images_per_class=dict.fromkeys(_HOSTILE_CLASSES, 100),
+        eval_images_per_class=dict.fromkeys(_HOSTILE_CLASSES, 20),
+        metrics={"<script>x</script>": 0.5},
+        per_class=tuple(ClassScore(name, 20, 0.9, 0.4) for name in _HOSTILE_CLASSES),
+        gate_checks=(
+            ThresholdCheck("acc|uracy", f"label:{_IMG}", "lower_bound", 0.9, 0.5, True),
+        ),
+        signatures=(SignatureInfo("serving_default", (f"{_IMG}: string [None]",), ("y|z",)),),
+    )
+
+
+def test_quoted_text_forms_no_tag_link_row_or_heading():
+    text = model_card.render_model_card(_hostile_text_facts())
+
+    assert "<img" not in text and "<script" not in text and "<b>" not in text
+    assert re.search(r"(?<!\\)\]\(", text) is None  # no `](` left to close a link
+    assert (
+        "| Classes | 5: &lt;img src=x onerror=alert(1)&gt;, [x\\](javascript:alert(1)), "
+        "![x\\](http://evil/), a\\|b, cat \\# owned |"
+    ) in text
+    assert "# Model card: m\\*1\\*, version 1795446713\n" in text
+    assert "| Architecture | [b\\](javascript:alert(1)) backbone (frozen) + new head |" in text
+    assert "| Backbone weights | &lt;script&gt;alert(1)&lt;/script&gt; |" in text
+    assert "| Pipeline run | run_1\\_ &amp; \\`x\\` |" in text
+    assert "- Images per split: &lt;b&gt;eval 5" in text
+    assert "| a\\|b | 20 | 0.9000 | 0.4000 |" in text
+    assert "| cat \\# owned | 100 | 20 |" in text
+    assert "| &lt;script&gt;x&lt;/script&gt; | 0.5000 |" in text
+    assert (
+        "| acc\\|uracy (value, label:&lt;img src=x onerror=alert(1)&gt;) | >= 0.5000 "
+        "| 0.9000 | n/a | pass |"
+    ) in text
+    signature = "| `serving_default` | &lt;img src=x onerror=alert(1)&gt;: string [None] | y\\|z |"
+    assert signature in text
+    assert "Recall below 0.5 on: &lt;img src=x onerror=alert(1)&gt;, [x\\](javascript" in text
+
+    headings = [line for line in text.splitlines() if line.startswith("#")]
+    assert len(headings) == 8 and not any("owned" in line for line in headings)
+    tables = re.findall(r"(?m)^(\|.*\|\n\|(?:---\|)+\n(?:\|.*\|\n?)+)", text)
+    assert len(tables) == 6
+    for block in tables:
+        lines = block.strip().split("\n")
+        columns = {len(re.findall(r"(?<!\\)\|", line)) for line in lines}
+        assert len(columns) == 1, block  # a `|` in a value adds no column
+
+
+def _hostile_code_facts() -> ModelCardFacts:
+    """Hostile values everywhere the card quotes them as code."""
+    return _facts(
+        model_name=f"m {_IMG}",
+        version="7",
+        serving_path=f"/srv/a```b|c/m {_IMG}/7",
+        model_uri="/p/Trainer/model/7\n# owned",
+        baseline_model="`/p/Trainer/model/3`",
+        training_config={"note": _IMG, "sh": "`x`"},
+        signatures=(
+            SignatureInfo("serving`default", ("x: string [None]",), ("y: string [None]",)),
+        ),
+    )
+
+
+def test_quoted_code_keeps_its_fence_and_shell_word():
+    text = model_card.render_model_card(_hostile_code_facts())
+
+    assert "# Model card: m &lt;img src=x onerror=alert(1)&gt;, version 7\n" in text
+    assert f"| Serving directory | ````/srv/a```b\\|c/m {_IMG}/7```` |" in text
+    assert "| Source model artifact | `/p/Trainer/model/7 # owned` |" in text
+    assert "against the last blessed model `` `/p/Trainer/model/3` ``." in text
+    assert f"Training settings: `note={_IMG}`, `` sh=`x` ``." in text
+    assert "| ``serving`default`` | x: string [None] | y: string [None] |" in text
+    assert (
+        "````bash\n"
+        f"docker run -p 8501:8501 -v '/srv/a```b|c/m {_IMG}:/models/m {_IMG}' "
+        f"-e 'MODEL_NAME=m {_IMG}' tensorflow/serving\n"
+    ) in text
+    assert (
+        "    http://localhost:8501/v1/models/m%20%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E"
+        "/versions/7:predict\n````"
+    ) in text
+    predict = f"transferline predict --model '/srv/a```b|c/m {_IMG}/7' image.jpg"
+    assert f"````bash\n{predict}\n````" in text
+    assert not any(line.startswith("# owned") for line in text.splitlines())
+
+
+_IMG_SHOWN = "&lt;img src=x onerror=alert(1)&gt;"
+
+
+@pytest.mark.parametrize(
+    "facts, shown",
+    [
+        (
+            _hostile_text_facts,
+            f"<td>Classes</td>\n<td>5: {_IMG_SHOWN}, [x](javascript:alert(1)), "
+            "![x](http://evil/), a|b, cat # owned</td>",
+        ),
+        (
+            _hostile_code_facts,
+            f"<td>Serving directory</td>\n<td><code>/srv/a```b|c/m {_IMG_SHOWN}/7</code></td>",
+        ),
+    ],
+)
+def test_markdown_renderers_make_no_tag_or_link_of_the_values(facts, shown):
+    """CommonMark with GFM tables and raw HTML on (markdown-it) shows each value as it
+    is; neither it nor Python-Markdown makes a tag, link or heading of one."""
+    markdown_it = pytest.importorskip("markdown_it")
+    markdown = pytest.importorskip("markdown")
+    text = model_card.render_model_card(facts())
+    gfm = markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table").render(text)
+    pages = {
+        "markdown-it": gfm,
+        "Python-Markdown": markdown.markdown(text, extensions=["tables", "fenced_code"]),
+    }
+
+    for renderer, page in pages.items():
+        for forbidden in ("<img", "<script", "<a ", "<b>", "<em>", "<strong>m", "owned</h"):
+            assert forbidden not in page, (renderer, forbidden)
+        assert _IMG_SHOWN in page, renderer
+        assert len(re.findall(r"<h[12]>", page)) == 8, renderer
+    assert shown in gfm
