@@ -2,6 +2,7 @@
 text is escaped, and a run that stopped half-way still gets a whole page."""
 
 import base64
+import dataclasses
 import io
 import xml.etree.ElementTree as ElementTree
 
@@ -191,3 +192,22 @@ def test_text_from_the_run_is_escaped():
     assert "<td>&lt;b&gt;</td>" in page and "<td><b></td>" not in page
     assert "a/&lt;x&gt;.jpg" in page
     assert "run-&lt;1&gt;" in page
+
+
+def test_a_model_card_link_stays_a_link_to_a_file_beside_the_page():
+    run = dataclasses.replace(
+        _stopped_run(), push=rd.PushSummary(True, "/srv/m/7", None, None)
+    )
+    hostile = 'javascript:alert(1)" onmouseover="x'
+
+    page = report_html.render_html(run, model_card_links={"7": hostile})
+
+    assert (
+        '<a href="javascript%3Aalert%281%29%22%20onmouseover%3D%22x">'
+        "javascript:alert(1)&quot; onmouseover=&quot;x</a>"
+    ) in page
+    assert 'href="javascript:' not in page and 'onmouseover="' not in page
+    plain = report_html.render_html(run, model_card_links={"7": "model_card_7.md"})
+    assert '<a href="model_card_7.md">model_card_7.md</a>' in plain
+    other_host = report_html.render_html(run, model_card_links={"7": "//evil.example/x.md"})
+    assert 'href="%2F%2Fevil.example%2Fx.md"' in other_host

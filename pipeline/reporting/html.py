@@ -11,6 +11,7 @@ import base64
 import html
 import io
 import math
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 
 from PIL import Image
@@ -690,7 +691,7 @@ def _lineage_section(data: rd.ReportData, model_card_links: Mapping[str, str]) -
             rows.append(("pushed at", _e(rd.iso_time(data.push.pushed_at_ms))))
         card = model_card_links.get(data.push.version or "")
         if card:
-            rows.append(("model card", f'<a href="{_e(card)}">{_e(card)}</a>'))
+            rows.append(("model card", f'<a href="{_file_href(card)}">{_e(card)}</a>'))
     body.append(_key_values(rows) if rows else '<p class="muted">No model.</p>')
     body.append(
         f"<h3>ML Metadata executions (pipeline run {_e(data.run.name)}, context "
@@ -746,6 +747,13 @@ def _artifact_ids(refs: Iterable[rd.ArtifactRef]) -> str:
 
 def _e(text: object) -> str:
     return html.escape("" if text is None else str(text), quote=True)
+
+
+def _file_href(file_name: str) -> str:
+    """A link to a file beside the page. Percent-encoded whole: with no `:` or `/`
+    left, no scheme (`javascript:`) or other host can form, and `#`, `?` or `%` in
+    the name still name the file."""
+    return _e(urllib.parse.quote(file_name, safe=""))
 
 
 def _path(text: str | None) -> str:
