@@ -7,7 +7,8 @@
 * On a local filesystem a version directory appears only when complete: it is
   written beside its final place under a hidden, non-numeric name (which TF
   Serving ignores) and renamed into place. Elsewhere `saved_model.pb` is copied
-  last, which TF Serving waits for.
+  last, which TF Serving waits for. A push that fails (a full disk, a vanished
+  source) removes its partial copy and re-raises the error.
 * Version numbers are never reused, even after pruning, and a new version lands
   above every version that exists or existed, so TF Serving, which serves the
   highest complete version, serves it. The model directory keeps the highest
@@ -201,7 +202,8 @@ def push_model(
     """Copies a SavedModel to `<base_directory>/<version>`, complete or not at all.
 
     The version lands above every version that exists or existed: if `version`
-    is not, the lowest number that is is used.
+    is not, the lowest number that is is used. A push that fails removes its
+    partial copy and re-raises the error.
 
     Args:
         model_path: The SavedModel to push.
@@ -225,15 +227,19 @@ def push_model(
     else:
         version = _take_number_in_object_store(base_directory, version)
         target = os.path.join(base_directory, str(version))
-    io_utils.copy_dir(model_path, target, deny_regex_patterns=[r"saved_model\.pb"])
-    _write_source(target, model_uri, pushed_at)
-    write_warmup_requests(target, model_name)
-    if not local:
-        _write_card(card, target, version, target)
-    io_utils.copy_file(
-        os.path.join(model_path, _SAVED_MODEL_PB), os.path.join(target, _SAVED_MODEL_PB)
-    )
-    return _land(target, base_directory, version, card) if local else target
+    try:
+        io_utils.copy_dir(model_path, target, deny_regex_patterns=[r"saved_model\.pb"])
+        _write_source(target, model_uri, pushed_at)
+        write_warmup_requests(target, model_name)
+        if not local:
+            _write_card(card, target, version, target)
+        io_utils.copy_file(
+            os.path.join(model_path, _SAVED_MODEL_PB), os.path.join(target, _SAVED_MODEL_PB)
+        )
+        return _land(target, base_directory, version, card) if local else target
+    except BaseException:
+        _discard(target)
+        raise
 
 
 def _write_source(version_dir: str, model_uri: str, pushed_at: float) -> None:
@@ -279,6 +285,14 @@ def _take_number_in_object_store(base_directory: str, version: int) -> int:
     with tf.io.gfile.GFile(os.path.join(base_directory, HIGH_WATER_FILE), "wb") as f:
         f.write(_format_high_water(version))
     return version
+
+
+def _discard(path: str) -> None:
+    """Removes a failed push's partial copy; failing to is logged, not raised over the cause."""
+    try:
+        _remove_tree(path)
+    except Exception as error:  # the push's own error matters more
+        logging.warning("Could not remove the partial push %s: %s", path, error)
 
 
 def _write_card(

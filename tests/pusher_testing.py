@@ -9,6 +9,8 @@ import json
 import multiprocessing
 import multiprocessing.pool
 import os
+import resource
+import signal
 
 from tfx.proto import pusher_pb2
 from tfx.types import standard_artifacts
@@ -63,6 +65,21 @@ def push_each(
         except Exception as error:  # reported to the test, which names it
             results.append((None, f"{type(error).__name__}: {error}"))
     return results
+
+
+def push_with_file_size_limit(model_path: str, base_directory: str, limit: int) -> str:
+    """`push_model` with writes beyond `limit` bytes failing (EFBIG), as a full disk fails them.
+
+    Returns:
+        "pushed", or the error the push raised.
+    """
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of killing us
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    try:
+        serving_pusher.push_model(model_path, base_directory, 1, "uri")
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+    return "pushed"
 
 
 def worker_pool(processes: int) -> multiprocessing.pool.Pool:

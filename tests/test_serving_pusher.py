@@ -332,3 +332,32 @@ def test_a_number_is_never_taken_again_once_its_version_is_gone(saved_model, tmp
     assert (first, second) == (str(base / "100"), str(base / "101"))
     assert (base / ".version-high-water").read_text() == "00000000000000000101\n"
 
+
+def test_an_object_store_push_that_fails_leaves_nothing_and_frees_no_number(
+    saved_model, tmp_path
+):
+    base = f"ram://{tmp_path.name}/serving/m"
+    broken = _copy_of(saved_model, tmp_path, "broken")
+    os.remove(os.path.join(broken, "Format-Serving", "saved_model.pb"))  # copied last: fails
+
+    with pytest.raises(OSError) as raised:  # TFX's NotFoundError, from gfile's
+        serving_pusher.push_model(os.path.join(broken, "Format-Serving"), base, 100, "uri-a")
+    assert "broken/Format-Serving/saved_model.pb" in str(raised.value.__cause__)
+    assert tf.io.gfile.listdir(base) == [".version-high-water"]  # the copy is gone
+    pushed = serving_pusher.push_model(saved_model, base, 100, "uri-b")
+
+    assert pushed == f"{base}/101"
+    assert serving_pusher.list_versions(base) == [101]
+
+
+def test_a_push_that_runs_out_of_space_removes_its_partial_copy(saved_model, tmp_path):
+    with open(os.path.join(saved_model, "assets", "big.bin"), "wb") as f:
+        f.write(bytes(1 << 20))  # more than the process may write
+    base = tmp_path / "serving" / "m"
+
+    with pusher_testing.worker_pool(1) as pool:
+        outcome = pool.apply(pusher_testing.push_with_file_size_limit,
+                             (saved_model, str(base), 1 << 18))
+
+    assert "File too large" in outcome
+    assert os.listdir(base) == []
