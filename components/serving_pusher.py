@@ -7,17 +7,27 @@
 * On a local filesystem a version directory appears only when complete: it is
   written beside its final place under a hidden, non-numeric name (which TF
   Serving ignores) and renamed into place. Elsewhere `saved_model.pb` is copied
-  last, which TF Serving waits for.
-* Versions never collide: a new version is greater than every existing one, and
-  if a concurrent push took the number first, the rename fails and the next
-  number is tried.
+  last, which TF Serving waits for. A push that fails (a full disk, a vanished
+  source) removes its partial copy and re-raises the error.
+* Version numbers are never reused, even after pruning, and a new version lands
+  above every version that exists or existed, so TF Serving, which serves the
+  highest complete version, serves it. The model directory keeps the highest
+  number ever taken in `.version-high-water`. Locally the number is taken, and
+  the copy renamed into place, while holding an exclusive `flock` on that file
+  (the kernel releases it if the pusher dies), so concurrent pushes land in
+  the order of their numbers. An object store has no lock and no atomic
+  create: the number is taken when the push starts, above the mark and every
+  name present, by creating its directory; pushes from one pipeline at a time
+  are safe, but two pushers racing into one object-store model directory can
+  pick the same number, and a slow push can land below a faster later one.
 * Each version carries TF Serving warm-up requests
   (`assets.extra/tf_serving_warmup_requests`: a batch of 1 and of 32 images for
   `serving_default`), so the first real request does not pay for lazy
   initialisation.
 * Only the newest `keep_versions` versions stay (custom_config
   ``{"keep_versions": K}``); the one just pushed is never deleted. A deleted
-  version is renamed out of TF Serving's sight before it is removed.
+  version is renamed out of TF Serving's sight before it is removed. A version
+  or file that a concurrent prune removed first is not an error.
 * `<serving dir>/models.config` (TF Serving's `--model_config_file`, a
   ModelServerConfig text proto) lists every model under the serving directory.
 * Each version carries its model card, `model_card.md` (see
@@ -32,12 +42,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
+import shutil
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -76,7 +89,8 @@ STALE_INCOMPLETE_SECONDS = 24 * 3600
 _SAVED_MODEL_PB = "saved_model.pb"
 _INCOMPLETE = ".incomplete-"
 _DELETING = ".deleting-"
-_RENAME_ATTEMPTS = 10
+HIGH_WATER_FILE = ".version-high-water"
+_HIGH_WATER_WIDTH = 20  # digits: the mark is rewritten in place, always at full length
 
 
 def _is_local(path: str) -> bool:
@@ -100,24 +114,48 @@ def list_versions(base_directory: str) -> list[int]:
 def find_version_serving(base_directory: str, model_uri: str) -> int | None:
     """The version under `base_directory` that was pushed from `model_uri`, if any."""
     for version in list_versions(base_directory):
-        source = os.path.join(base_directory, str(version), SOURCE_FILE)
-        if tf.io.gfile.exists(source):
-            with tf.io.gfile.GFile(source) as f:
-                if json.load(f).get("model_uri") == model_uri:
-                    return version
+        if read_source(os.path.join(base_directory, str(version))).get("model_uri") == model_uri:
+            return version
     return None
 
 
 def next_version(base_directory: str) -> int:
-    """A Unix-time version, bumped past every existing version (complete or not)."""
-    existing = list_versions(base_directory)
+    """A Unix-time version, bumped past every version that exists or existed (complete or not).
+
+    Locally the push takes its final number when it lands (see `push_model`);
+    this is the lowest it asks for.
+    """
+    return max(int(time.time()), _lowest_free(base_directory, read_high_water(base_directory)))
+
+
+def read_high_water(base_directory: str) -> int:
+    """The highest version number ever taken under `base_directory` (0 before the first)."""
+    try:
+        with tf.io.gfile.GFile(os.path.join(base_directory, HIGH_WATER_FILE), "rb") as f:
+            return _parse_high_water(f.read())
+    except tf.errors.NotFoundError:
+        return 0
+
+
+def _parse_high_water(content: bytes) -> int:
+    text = content.decode("ascii", "replace").strip()
+    return int(text) if text.isdigit() else 0  # empty: created, not yet written
+
+
+def _format_high_water(version: int) -> bytes:
+    return f"{version:0{_HIGH_WATER_WIDTH}d}\n".encode("ascii")
+
+
+def _lowest_free(base_directory: str, high_water: int) -> int:
+    """One above the high-water mark and every numeric name under `base_directory`."""
+    names = []
     if tf.io.gfile.isdir(base_directory):
-        existing += [
+        names = [
             int(name.rstrip("/"))
             for name in tf.io.gfile.listdir(base_directory)
             if name.rstrip("/").isdigit()
         ]
-    return max([int(time.time())] + [version + 1 for version in existing])
+    return max([high_water, *names]) + 1
 
 
 def warmup_requests(model_name: str, batch_sizes: tuple[int, ...] = WARMUP_BATCH_SIZES) -> list:
@@ -163,13 +201,14 @@ def push_model(
 ) -> str:
     """Copies a SavedModel to `<base_directory>/<version>`, complete or not at all.
 
-    On a local filesystem, if another push took `version` meanwhile, the next
-    free number is used.
+    The version lands above every version that exists or existed: if `version`
+    is not, the lowest number that is is used. A push that fails removes its
+    partial copy and re-raises the error.
 
     Args:
         model_path: The SavedModel to push.
         base_directory: `<serving dir>/<model name>`.
-        version: The version to push as (see `next_version`).
+        version: The lowest version to push as (see `next_version`).
         model_uri: The Model artifact, recorded to recognise a re-push.
         card: The version's model card; its version, serving path and push
             time are set to where and when the version lands. None writes no card.
@@ -183,34 +222,77 @@ def push_model(
     if card is not None:
         card = dataclasses.replace(card, pushed_at=model_card.format_utc(pushed_at))
     local = _is_local(base_directory)
-    target = (
-        os.path.join(base_directory, f".{version}{_INCOMPLETE}{uuid.uuid4().hex[:8]}")
-        if local
-        else os.path.join(base_directory, str(version))
-    )
-    io_utils.copy_dir(model_path, target, deny_regex_patterns=[r"saved_model\.pb"])
-    source = os.path.join(target, SOURCE_FILE)
+    if local:
+        target = os.path.join(base_directory, f"{_INCOMPLETE}{uuid.uuid4().hex[:8]}")
+    else:
+        version = _take_number_in_object_store(base_directory, version)
+        target = os.path.join(base_directory, str(version))
+    try:
+        io_utils.copy_dir(model_path, target, deny_regex_patterns=[r"saved_model\.pb"])
+        _write_source(target, model_uri, pushed_at)
+        write_warmup_requests(target, model_name)
+        if not local:
+            _write_card(card, target, version, target)
+        io_utils.copy_file(
+            os.path.join(model_path, _SAVED_MODEL_PB), os.path.join(target, _SAVED_MODEL_PB)
+        )
+        return _land(target, base_directory, version, card) if local else target
+    except BaseException:
+        _discard(target)
+        raise
+
+
+def _write_source(version_dir: str, model_uri: str, pushed_at: float) -> None:
+    source = os.path.join(version_dir, SOURCE_FILE)
     tf.io.gfile.makedirs(os.path.dirname(source))
     with tf.io.gfile.GFile(source, "w") as f:
         json.dump({"model_uri": model_uri, "pushed_at": pushed_at}, f)
-    write_warmup_requests(target, model_name)
-    if not local:
-        _write_card(card, target, version, target)
-    io_utils.copy_file(
-        os.path.join(model_path, _SAVED_MODEL_PB), os.path.join(target, _SAVED_MODEL_PB)
-    )
-    if not local:
-        return target
-    for _ in range(_RENAME_ATTEMPTS):
+
+
+@contextlib.contextmanager
+def _high_water_lock(base_directory: str) -> Iterator[int]:
+    """The open high-water file of a local model directory, under an exclusive `flock`."""
+    descriptor = os.open(os.path.join(base_directory, HIGH_WATER_FILE), os.O_RDWR | os.O_CREAT,
+                         0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield descriptor
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def _land(incomplete: str, base_directory: str, version: int,
+          card: model_card.ModelCardFacts | None) -> str:
+    """Renames a complete local copy into place under a number above every version."""
+    with _high_water_lock(base_directory) as mark:
+        high_water = _parse_high_water(os.pread(mark, 2 * _HIGH_WATER_WIDTH, 0))
+        version = max(version, _lowest_free(base_directory, high_water))
+        os.pwrite(mark, _format_high_water(version), 0)  # taken, even if the rename fails
+        os.fsync(mark)
         final_path = os.path.join(base_directory, str(version))
-        _write_card(card, target, version, final_path)  # the number may have changed
-        try:
-            os.rename(target, final_path)
-            return final_path
-        except OSError:  # taken by a concurrent push: a non-empty directory
-            version = next_version(base_directory)
-    tf.io.gfile.rmtree(target)
-    raise RuntimeError(f"could not find a free version number under {base_directory}")
+        _write_card(card, incomplete, version, final_path)
+        os.rename(incomplete, final_path)
+    return final_path
+
+
+def _take_number_in_object_store(base_directory: str, version: int) -> int:
+    """Takes a number above every version by creating its directory; records the mark.
+
+    Not atomic: gfile has no exclusive create (see the module docstring).
+    """
+    version = max(version, _lowest_free(base_directory, read_high_water(base_directory)))
+    tf.io.gfile.makedirs(os.path.join(base_directory, str(version)))
+    with tf.io.gfile.GFile(os.path.join(base_directory, HIGH_WATER_FILE), "wb") as f:
+        f.write(_format_high_water(version))
+    return version
+
+
+def _discard(path: str) -> None:
+    """Removes a failed push's partial copy; failing to is logged, not raised over the cause."""
+    try:
+        _remove_tree(path)
+    except Exception as error:  # the push's own error matters more
+        logging.warning("Could not remove the partial push %s: %s", path, error)
 
 
 def _write_card(
@@ -222,12 +304,15 @@ def _write_card(
 
 
 def read_source(version_dir: str) -> dict[str, Any]:
-    """What the push recorded in the version: `model_uri` and `pushed_at` (epoch seconds)."""
-    path = os.path.join(version_dir, SOURCE_FILE)
-    if not tf.io.gfile.exists(path):
+    """What the push recorded in the version: `model_uri` and `pushed_at` (epoch seconds).
+
+    Empty if nothing was recorded, or the version was pruned meanwhile.
+    """
+    try:
+        with tf.io.gfile.GFile(os.path.join(version_dir, SOURCE_FILE)) as f:
+            return json.load(f)
+    except tf.errors.NotFoundError:
         return {}
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
 
 
 def pushed_now(pushed_model: Mapping[str, Any]) -> bool:
@@ -250,35 +335,70 @@ def blessing_facts(blessing: Mapping[str, Any]) -> tuple[bool | None, str | None
 
 
 def prune_versions(base_directory: str, keep: int, protect: int | None = None) -> list[int]:
-    """Deletes all but the newest `keep` versions (never `protect`); returns those deleted.
+    """Deletes all but the newest `keep` versions (never `protect`); returns those it deleted.
 
     A version is first made invisible to TF Serving (renamed to a hidden name
-    locally; `saved_model.pb` removed first elsewhere), then removed.
+    locally; `saved_model.pb` removed first elsewhere), then removed. A version
+    a concurrent prune deletes first is left to it.
     """
     versions = list_versions(base_directory)
     doomed = [v for v in versions[: max(len(versions) - keep, 0)] if v != protect]
-    for version in doomed:
-        path = os.path.join(base_directory, str(version))
+    deleted = [version for version in doomed if _delete_version(base_directory, version)]
+    if _is_local(base_directory):
+        _remove_stale_leftovers(base_directory)
+    return deleted
+
+
+def _delete_version(base_directory: str, version: int) -> bool:
+    """Hides a version from TF Serving and removes it; False if a concurrent prune took it."""
+    path = os.path.join(base_directory, str(version))
+    try:
         if _is_local(base_directory):
             hidden = os.path.join(base_directory, f".{version}{_DELETING}{uuid.uuid4().hex[:8]}")
             os.rename(path, hidden)
-            tf.io.gfile.rmtree(hidden)
+            path = hidden
         else:
             tf.io.gfile.remove(os.path.join(path, _SAVED_MODEL_PB))
-            tf.io.gfile.rmtree(path)
-    if _is_local(base_directory):
-        _remove_stale_leftovers(base_directory)
-    return doomed
+    except (FileNotFoundError, tf.errors.NotFoundError):
+        return False
+    _remove_tree(path)
+    return True
+
+
+def _remove_tree(path: str) -> None:
+    """Removes a directory tree; what a concurrent removal deletes first is not an error.
+
+    In an object store `saved_model.pb` goes first, so TF Serving never loads a
+    half-removed version.
+    """
+    if _is_local(path):
+        shutil.rmtree(path, onerror=_unless_vanished)
+        return
+    for remove, target in ((tf.io.gfile.remove, os.path.join(path, _SAVED_MODEL_PB)),
+                           (tf.io.gfile.rmtree, path)):
+        try:
+            remove(target)
+        except tf.errors.NotFoundError:
+            pass
+
+
+def _unless_vanished(function: Any, path: str, exc_info: Any) -> None:
+    if not issubclass(exc_info[0], FileNotFoundError):
+        raise exc_info[1]
 
 
 def _remove_stale_leftovers(base_directory: str) -> None:
-    """Removes hidden directories of pushes interrupted over a day ago."""
+    """Removes hidden directories of pushes and prunes interrupted over a day ago."""
     now = time.time()
     for name in os.listdir(base_directory):
         path = os.path.join(base_directory, name)
         if name.startswith(".") and (_INCOMPLETE in name or _DELETING in name):
-            if now - os.path.getmtime(path) > STALE_INCOMPLETE_SECONDS:
-                tf.io.gfile.rmtree(path)
+            try:
+                age = now - os.path.getmtime(path)
+            except FileNotFoundError:  # removed by a concurrent prune
+                continue
+            if age > STALE_INCOMPLETE_SECONDS:
+                _remove_tree(path)
 
 
 def models_config(serving_dir: str) -> model_server_config_pb2.ModelServerConfig:

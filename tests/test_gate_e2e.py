@@ -76,7 +76,7 @@ def test_a_worse_model_is_not_blessed_and_the_previous_version_stays(tmp_path, c
     assert "gate:       failed: accuracy on Overall" in printed
     assert "pushed:     nothing (model not blessed)" in printed
     assert serving_pusher.list_versions(str(serving_model_dir)) == [version]
-    assert sorted(os.listdir(serving_model_dir)) == [str(version)]
+    assert sorted(os.listdir(serving_model_dir)) == [".version-high-water", str(version)]
     config = text_format.Parse(
         (workdir / "serving" / serving_pusher.MODELS_CONFIG_FILE).read_text(),
         model_server_config_pb2.ModelServerConfig(),

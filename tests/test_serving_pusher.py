@@ -1,12 +1,14 @@
 """ServingPusher: blessed-only, complete-or-absent, idempotent versions, kept to K,
 with warm-up requests and TF Serving's models.config."""
 
+import glob
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -14,12 +16,9 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
-from tfx.proto import pusher_pb2
-from tfx.types import standard_artifacts
-from tfx.utils import proto_utils
 
 from components import model_card, serving_pusher
-from tests import serving_testing
+from tests import pusher_testing, serving_testing
 from trainer import export
 from trainer.config import ExportConfig
 
@@ -38,25 +37,11 @@ def saved_model(tmp_path):
 
 
 def _push(saved_model, base_directory, tmp_path, blessed=True, model_uri=None, keep=None):
-    model = standard_artifacts.Model()
-    model.uri = model_uri or os.path.dirname(saved_model)
-    blessing = standard_artifacts.ModelBlessing()
-    blessing.uri = str(tmp_path / "blessing")
-    blessing.set_int_custom_property("blessed", int(blessed))
-    pushed = standard_artifacts.PushedModel()
-    pushed.uri = str(tmp_path / "pushed" / str(len(os.listdir(tmp_path))))
-    destination = pusher_pb2.PushDestination(
-        filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=base_directory)
+    return pusher_testing.execute_push(
+        model_uri or os.path.dirname(saved_model), base_directory,
+        str(tmp_path / "pushed" / str(len(os.listdir(tmp_path)))), str(tmp_path / "blessing"),
+        blessed=blessed, keep=keep,
     )
-    exec_properties = {"push_destination": proto_utils.proto_to_json(destination)}
-    if keep is not None:
-        exec_properties["custom_config"] = json.dumps({serving_pusher.KEEP_VERSIONS_KEY: keep})
-    serving_pusher.Executor().Do(
-        {"model": [model], "model_blessing": [blessing]},
-        {"pushed_model": [pushed]},
-        exec_properties,
-    )
-    return pushed
 
 
 def _card(model_path, base_directory, model_uri):
@@ -86,7 +71,7 @@ def test_blessed_model_is_pushed_as_a_loadable_version(saved_model, tmp_path):
     assert loaded.signatures["serving_default"](tf.constant([1.0]))["y"].numpy().tolist() == [2.0]
     with open(os.path.join(version_dir, serving_pusher.SOURCE_FILE)) as f:
         assert json.load(f)["model_uri"] == os.path.dirname(saved_model)
-    assert sorted(os.listdir(base)) == [str(version)]  # no temporary directory left behind
+    assert sorted(os.listdir(base)) == [".version-high-water", str(version)]  # nothing temporary
 
 
 def test_unblessed_model_is_not_pushed(saved_model, tmp_path):
@@ -127,10 +112,10 @@ def test_a_version_taken_by_a_concurrent_push_is_left_alone(saved_model, tmp_pat
 
 def test_incomplete_directories_are_not_versions(saved_model, tmp_path):
     base = tmp_path / "serving" / "m"
-    (base / "123").mkdir(parents=True)  # no saved_model.pb: interrupted object-store copy
-    (base / ".124.incomplete-0a1b2c3d").mkdir()
+    (base / "9999999999").mkdir(parents=True)  # no saved_model.pb: an object-store copy
+    (base / ".incomplete-0a1b2c3d").mkdir()
     assert serving_pusher.list_versions(str(base)) == []
-    assert serving_pusher.next_version(str(base)) > 124
+    assert serving_pusher.next_version(str(base)) == 10000000000  # above it all the same
 
 
 def test_only_the_newest_versions_are_kept(saved_model, tmp_path):
@@ -143,7 +128,7 @@ def test_only_the_newest_versions_are_kept(saved_model, tmp_path):
     versions = serving_pusher.list_versions(base)
     newest = int(pushed[-1].get_string_custom_property("pushed_version"))
     assert len(versions) == 2 and versions[-1] == newest
-    assert sorted(os.listdir(base)) == [str(v) for v in versions]  # nothing half-deleted left
+    assert sorted(os.listdir(base)) == [".version-high-water"] + [str(v) for v in versions]
 
 
 def test_prune_never_deletes_the_protected_version(saved_model, tmp_path):
@@ -210,7 +195,7 @@ def test_an_interrupted_push_leaves_no_version_tf_serving_would_load(saved_model
     )
     try:
         deadline = time.monotonic() + 120
-        while not any(base.glob(".123.incomplete-*/variables")):
+        while not any(base.glob(".incomplete-*/variables")):
             assert push.poll() is None, "the push ended instead of blocking mid-copy"
             assert time.monotonic() < deadline, "the push never started copying"
             time.sleep(0.2)
@@ -220,10 +205,8 @@ def test_an_interrupted_push_leaves_no_version_tf_serving_would_load(saved_model
         push.wait()
 
     (leftover,) = os.listdir(base)
-    assert leftover.startswith(".123.incomplete-")  # not an integer: TF Serving skips it
-    assert not any(name.isdigit() for name in os.listdir(base))
+    assert leftover.startswith(".incomplete-")  # not an integer: TF Serving skips it
     assert serving_pusher.list_versions(str(base)) == []
-    assert serving_pusher.next_version(str(base)) > 123
 
 
 def test_each_version_carries_its_model_card_and_still_loads(saved_model, tmp_path):
@@ -286,3 +269,95 @@ def test_the_card_names_the_version_a_concurrent_push_left_free(saved_model, tmp
     text = open(os.path.join(path, serving_pusher.MODEL_CARD_FILE)).read()
     assert text.startswith(f"# Model card: m, version {version}\n")
     assert f"/versions/{version}:predict" in text
+
+
+def _release_when_read(fifo, stop):
+    """Lets every reader of `fifo` through (an empty read) until `stop` is set."""
+    while not stop.is_set():
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # ENXIO: nobody is reading it now
+            time.sleep(0.02)
+
+
+def test_concurrent_pushes_take_fresh_numbers_above_every_version(saved_model, tmp_path):
+    # Four processes push six models each into one model directory, keeping 2.
+    # The first push of worker 0 is held mid-copy (a FIFO in its model) until
+    # the other 18 pushes are done and pruned: it must still land above them.
+    base = str(tmp_path / "serving" / "m")
+    models = [_copy_of(saved_model, tmp_path, f"model-{n:02d}") for n in range(24)]
+    fifo = os.path.join(models[0], "Format-Serving", "variables", "zz_holds_the_copy")
+    os.mkfifo(fifo)
+    series = [models[n * 6:(n + 1) * 6] for n in range(4)]
+    stop = threading.Event()
+    with pusher_testing.worker_pool(4) as pool:
+        held = pool.apply_async(pusher_testing.push_each, (series[0], base, str(tmp_path), 2))
+        deadline = time.monotonic() + 120
+        while not glob.glob(os.path.join(base, ".*incomplete-*", "variables")):
+            assert not held.ready(), held.get()
+            assert time.monotonic() < deadline, "the held push never started copying"
+            time.sleep(0.1)
+        others = [pool.apply_async(pusher_testing.push_each, (chunk, base, str(tmp_path), 2))
+                  for chunk in series[1:]]
+        other_results = [result.get(timeout=120) for result in others]
+        releaser = threading.Thread(target=_release_when_read, args=(fifo, stop))
+        releaser.start()
+        try:
+            held_results = held.get(timeout=120)
+        finally:
+            stop.set()
+            releaser.join()
+
+    results = held_results + [result for results in other_results for result in results]
+    assert [error for _, error in results] == [None] * 24
+    versions = [version for version, _ in results]
+    assert len(set(versions)) == 24
+    for worker_results in [held_results, *other_results]:
+        worker_versions = [version for version, _ in worker_results]
+        assert worker_versions == sorted(worker_versions)  # one worker's pushes in turn
+    others_versions = versions[6:]
+    assert held_results[0][0] > max(others_versions)  # landed last, above all of them
+    newest = sorted(versions)[-2:]
+    assert newest == [version for version, _ in held_results[-2:]]
+    assert sorted(os.listdir(base)) == [".version-high-water"] + [str(v) for v in newest]
+
+
+def test_a_number_is_never_taken_again_once_its_version_is_gone(saved_model, tmp_path):
+    base = tmp_path / "serving" / "m"
+    first = serving_pusher.push_model(saved_model, str(base), 100, "uri-a")
+    shutil.rmtree(first)  # pruned, or removed by hand: TF Serving may remember it
+
+    second = serving_pusher.push_model(saved_model, str(base), 100, "uri-b")
+
+    assert (first, second) == (str(base / "100"), str(base / "101"))
+    assert (base / ".version-high-water").read_text() == "00000000000000000101\n"
+
+
+def test_an_object_store_push_that_fails_leaves_nothing_and_frees_no_number(
+    saved_model, tmp_path
+):
+    base = f"ram://{tmp_path.name}/serving/m"
+    broken = _copy_of(saved_model, tmp_path, "broken")
+    os.remove(os.path.join(broken, "Format-Serving", "saved_model.pb"))  # copied last: fails
+
+    with pytest.raises(OSError) as raised:  # TFX's NotFoundError, from gfile's
+        serving_pusher.push_model(os.path.join(broken, "Format-Serving"), base, 100, "uri-a")
+    assert "broken/Format-Serving/saved_model.pb" in str(raised.value.__cause__)
+    assert tf.io.gfile.listdir(base) == [".version-high-water"]  # the copy is gone
+    pushed = serving_pusher.push_model(saved_model, base, 100, "uri-b")
+
+    assert pushed == f"{base}/101"
+    assert serving_pusher.list_versions(base) == [101]
+
+
+def test_a_push_that_runs_out_of_space_removes_its_partial_copy(saved_model, tmp_path):
+    with open(os.path.join(saved_model, "assets", "big.bin"), "wb") as f:
+        f.write(bytes(1 << 20))  # more than the process may write
+    base = tmp_path / "serving" / "m"
+
+    with pusher_testing.worker_pool(1) as pool:
+        outcome = pool.apply(pusher_testing.push_with_file_size_limit,
+                             (saved_model, str(base), 1 << 18))
+
+    assert "File too large" in outcome
+    assert os.listdir(base) == []
