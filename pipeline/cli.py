@@ -11,7 +11,7 @@ import time
 import warnings
 
 from pipeline import settings
-from pipeline.names import MODEL_NAME
+from pipeline.names import MODEL_NAME, check_model_name
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -104,6 +104,7 @@ def _run(args: argparse.Namespace) -> int:
     from pipeline import local_runner
 
     try:
+        check_model_name(args.model_name, "--model-name")
         configs = settings.settings_from_args(args, settings.LOCAL_SECTIONS)
         precheck_data_root(args.data, span=configs[settings.INGEST].span)
     except (ValueError, IngestionError) as error:
