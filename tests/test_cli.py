@@ -71,3 +71,23 @@ def test_predict_without_a_model_is_one_line(tmp_path, capsys):
     assert cli.main(["predict", "--model", str(tmp_path), "x.png"]) == cli.EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no SavedModel") and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("workdir", "message"),
+    [
+        ("images", "error: --workdir '{tmp}/images' is inside --data '{tmp}/images': the run's "
+                   "output would be read as images; give a workdir outside it"),
+        ("images/work", "error: --workdir '{tmp}/images/work' is inside --data"),
+        ("images/red/000.jpg", "error: --workdir '{tmp}/images/red/000.jpg' is a file; "
+                               "give a directory (made if missing)"),
+    ],
+)
+def test_a_workdir_in_the_image_folder_or_a_file_is_refused(tmp_path, capsys, workdir, message):
+    data = write_class_folder(tmp_path / "images", 1)
+    before = sorted(path.name for path in data.rglob("*"))
+    code = cli.main(["run", "--data", str(data), "--workdir", str(tmp_path / workdir)])
+    assert code == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith(message.format(tmp=tmp_path)) and err.count("\n") == 1
+    assert sorted(path.name for path in data.rglob("*")) == before
