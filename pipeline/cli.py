@@ -11,7 +11,7 @@ import time
 import warnings
 
 from pipeline import settings
-from pipeline.names import MODEL_NAME
+from pipeline.names import MODEL_NAME, check_model_name
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -99,11 +99,32 @@ def _add_report_parser(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("--verbose", action="store_true")
 
 
+def _check_workdir(workdir: str, data_root: str) -> None:
+    """Refuses a local --workdir that is a file, or is --data or inside it.
+
+    Inside the image folder, the run's own output (pipeline/, serving/) would be
+    listed as class folders by the next run.
+
+    Raises:
+        ValueError: Naming --workdir.
+    """
+    if "://" in workdir or "://" in data_root:
+        return
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"--workdir {workdir!r} is a file; give a directory (made if missing)")
+    work, data = os.path.realpath(workdir), os.path.realpath(data_root)
+    if os.path.commonpath([work, data]) == data:
+        raise ValueError(f"--workdir {workdir!r} is inside --data {data_root!r}: the run's "
+                         "output would be read as images; give a workdir outside it")
+
+
 def _run(args: argparse.Namespace) -> int:
     from components.image_folder import IngestionError, precheck_data_root
     from pipeline import local_runner
 
     try:
+        check_model_name(args.model_name, "--model-name")
+        _check_workdir(args.workdir, args.data)
         configs = settings.settings_from_args(args, settings.LOCAL_SECTIONS)
         precheck_data_root(args.data, span=configs[settings.INGEST].span)
     except (ValueError, IngestionError) as error:

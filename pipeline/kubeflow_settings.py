@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 
 from components import image_folder
-from pipeline.names import MODEL_NAME, PIPELINE_NAME
+from pipeline.names import MODEL_NAME, PIPELINE_NAME, check_model_name
 
 # Beam on the component's own pod (DirectRunner), one worker process per core; the
 # same defaults as TFX's Kubeflow templates. Any --beam-arg replaces them all.
@@ -26,7 +26,6 @@ OBJECT_STORE_SCHEMES = ("gs", "s3", "hdfs")
 
 PIPELINE_NAME_PATTERN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 """What Kubeflow Pipelines accepts as a pipeline name."""
-_MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _CLAIM_NAME_PATTERN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
@@ -118,8 +117,7 @@ class KubeflowConfig:
                      f"name, got {mount!r}")
         for name in ("pipeline_root", "data_root", "serving_dir"):
             _require_pod_path(name, getattr(self, name))
-        _require(_MODEL_NAME_PATTERN.fullmatch(self.model_name) is not None,
-                 f"model_name must be letters, digits, '_', '.' or '-', got {self.model_name!r}")
+        check_model_name(self.model_name)
         _require(PIPELINE_NAME_PATTERN.fullmatch(self.pipeline_name) is not None,
                  f"pipeline_name must be lower-case letters, digits and '-', starting and "
                  f"ending with a letter or digit, got {self.pipeline_name!r}")

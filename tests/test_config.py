@@ -1,6 +1,9 @@
 """Typed settings: defaults validate, impossible values are refused by name."""
 
 import dataclasses
+import pickle
+import re
+import zipfile
 
 import pytest
 
@@ -66,6 +69,13 @@ def test_input_size_defaults_to_the_backbone():
         (TrainingConfig(export=ExportConfig(tflite_tolerance=1.0)),
          "export.tflite_tolerance must be in (0, 1)"),
         (ExportConfig(max_image_pixels=-5), "export.max_image_pixels"),
+        (ExportConfig(max_image_pixels=2**29),
+         "export.max_image_pixels must be at most 536870911 (TensorFlow cannot decode an "
+         "image of 2**29 pixels or more), got 536870912"),
+        (ExportConfig(max_image_pixels=20_000_000_000_000_000_000),
+         "export.max_image_pixels must be at most 536870911"),
+        (TrainingConfig(image_size=1025), "image_size must be at most 1024 pixels"),
+        (TrainingConfig(image_size=100_000), "got 100000"),
         (ExportConfig(max_image_pixels=1.5e7), "max_image_pixels: expected a whole number"),
         (ExportConfig(tflite="yes"), "tflite: expected true or false, got 'yes'"),
         (IngestConfig(eval_percent=0), "eval_percent"),
@@ -76,8 +86,43 @@ def test_input_size_defaults_to_the_backbone():
     ],
 )
 def test_impossible_settings_are_named(config, named):
-    with pytest.raises(ValueError, match=named.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(named)):
         config.validate()
+
+
+def test_the_largest_image_size_and_pixel_budget_are_allowed():
+    assert TrainingConfig(image_size=1024).validate().input_size == 1024
+    assert ExportConfig(max_image_pixels=2**29 - 1).validate().max_image_pixels == 536_870_911
+
+
+def test_a_weights_directory_is_refused_by_name(tmp_path):
+    with pytest.raises(ValueError) as raised:
+        TrainingConfig(weights=str(tmp_path)).validate()
+    assert str(raised.value) == (
+        f"weights={str(tmp_path)!r} is a directory; expected a weights file (.h5, .pth)")
+
+
+def test_a_hostile_pth_is_refused_by_validate_with_the_unpicklers_message(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", b"\x80\x02" + pickle.GLOBAL + b"posix\nsystem\n"
+                         + pickle.dumps(f"touch {marker}", protocol=2)[2:-1]
+                         + pickle.TUPLE1 + pickle.REDUCE + pickle.STOP)
+    with pytest.raises(ValueError) as raised:
+        TrainingConfig(weights=str(path)).validate()
+    assert str(raised.value) == (
+        f"weights: {path}: forbidden global posix.system in checkpoint; a state dict only "
+        "needs tensors, storages and OrderedDict")
+    assert not marker.exists()
+
+
+def test_a_pth_that_is_no_checkpoint_is_refused_by_name(tmp_path):
+    path = tmp_path / "notes.pth"
+    path.write_text("not a checkpoint")
+    with pytest.raises(ValueError) as raised:
+        TrainingConfig(weights=str(path)).validate()
+    assert str(raised.value).startswith(f"weights: {path}: not a valid PyTorch checkpoint: ")
 
 
 def test_export_defaults_keep_todays_pixel_budget_and_no_tflite():

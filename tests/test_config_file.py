@@ -67,6 +67,58 @@ def test_bad_files_name_the_file_and_the_setting(tmp_path, text, message):
     assert path in str(raised.value) and "\n" not in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("config.yaml", "gate:\n  min_accuracy: 0.5\n  keep_versions: 2\n  min_accuracy: 0.9\n",
+         "duplicate key 'min_accuracy' on line 4, column 3 (first on line 2)"),
+        ("config.yaml", "gate: {min_accuracy: 0.5, min_accuracy: 0.9}\n",
+         "duplicate key 'min_accuracy' on line 1, column 27 (first on line 1)"),
+        ("config.yaml", "gate:\n  min_accuracy: 0.5\ningest: {}\ngate:\n  keep_versions: 2\n",
+         "duplicate key 'gate' on line 4, column 1 (first on line 1)"),
+        ("config.json", '{"training": {"epochs": 2,\n              "epochs": 3}}\n',
+         "duplicate key 'epochs' on line 2, column 15 (first on line 1)"),
+    ],
+)
+def test_a_key_given_twice_is_refused_naming_the_file_key_and_lines(tmp_path, name, text,
+                                                                    message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        read_config_file(str(path), SECTIONS)
+    assert str(raised.value) == f"config file {str(path)!r}: {message}"
+
+
+def test_a_merged_key_may_be_overridden(tmp_path):
+    path = _write(tmp_path, "gate:\n  <<: {min_accuracy: 0.5, keep_versions: 2}\n"
+                            "  min_accuracy: 0.9\n")
+    assert read_config_file(path, SECTIONS) == {
+        "gate": {"min_accuracy": 0.9, "keep_versions": 2}}
+
+
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [
+        (b"training:\n  # caf\xe9 au lait\n  epochs: 2\n", "byte 0xe9 at offset 17 (line 2)"),
+        ("training:\n  epochs: 2\n".encode("utf-16"), "byte 0xff at offset 0 (line 1)"),
+        (b"\xef\xbb\xbftraining:\n  epochs: 2\xff\n", "byte 0xff at offset 24 (line 2)"),
+    ],
+)
+def test_a_file_that_is_not_utf8_is_named_with_the_offset(tmp_path, data, where):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as raised:
+        read_config_file(str(path), SECTIONS)
+    assert str(raised.value) == (
+        f"config file {str(path)!r} is not UTF-8 text: {where} cannot be decoded")
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
+    path = tmp_path / "bom.yaml"
+    path.write_bytes(b"\xef\xbb\xbftraining:\n  epochs: 2\n")
+    assert read_config_file(str(path), SECTIONS) == {"training": {"epochs": 2}}
+
+
 def test_a_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config file .*nope.yaml"):
         read_config_file(str(tmp_path / "nope.yaml"), SECTIONS)
@@ -128,3 +180,26 @@ def test_cli_ignores_a_kubeflow_section_and_checks_the_rest(tmp_path, capsys):
                      "--workdir", str(tmp_path / "work")])
     assert code == cli.EXIT_BAD_INPUT
     assert capsys.readouterr().err == "error: min_accuracy must be in [0, 1], got 2.0\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"training:\n  epochs: 1\n  epochs: 5\n",
+         "duplicate key 'epochs' on line 3, column 3 (first on line 2)"),
+        (b"training:\n  # caf\xe9\n  epochs: 1\n",
+         "is not UTF-8 text: byte 0xe9 at offset 17 (line 2) cannot be decoded"),
+    ],
+)
+def test_cli_duplicate_key_or_bad_encoding_is_one_line_and_exit_2(tmp_path, capsys, data,
+                                                                   message):
+    data_root = write_class_folder(tmp_path / "images", 1)
+    path = tmp_path / "config.yaml"
+    path.write_bytes(data)
+    code = cli.main(["run", "--config", str(path), "--data", str(data_root),
+                     "--workdir", str(tmp_path / "work")])
+    assert code == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: config file {str(path)!r}") and message in err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "work").exists()

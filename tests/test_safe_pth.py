@@ -111,3 +111,53 @@ def test_non_checkpoint_raises_value_error_naming_file(tmp_path):
     path.write_text("not a checkpoint")
     with pytest.raises(ValueError, match="notes.pth"):
         safe_pth.read_torch_state_dict(str(path))
+
+
+def test_forbidden_global_is_one_error_naming_the_file_with_nothing_behind_it(tmp_path):
+    """A report of the failure's root cause (the CLI's one line) shows the refusal itself.
+
+    The refusal once carried the allow-list lookup's KeyError as its context, and the
+    Trainer's one-line error read "KeyError: ('posix', 'system')".
+    """
+    path = tmp_path / "evil.pth"
+    payload = _global("posix", "system") + _op("true") + pickle.TUPLE1 + pickle.REDUCE
+    _write_zip_checkpoint(path, b"\x80\x02" + payload + pickle.STOP, {})
+
+    for read in (safe_pth.read_torch_state_dict, safe_pth.check_torch_checkpoint):
+        with pytest.raises(safe_pth.ForbiddenGlobalError) as raised:
+            read(str(path))
+        assert str(raised.value) == (
+            f"{path}: forbidden global posix.system in checkpoint; a state dict only needs "
+            "tensors, storages and OrderedDict")
+        assert raised.value.__context__ is None and raised.value.__cause__ is None
+
+
+def test_a_non_checkpoint_error_names_the_file_and_chains_nothing(tmp_path):
+    path = tmp_path / "list.pth"
+    _write_zip_checkpoint(path, pickle.dumps([1, 2], protocol=2), {})
+    with pytest.raises(ValueError) as raised:
+        safe_pth.read_torch_state_dict(str(path))
+    assert str(raised.value) == (
+        f"{path}: not a valid PyTorch checkpoint: checkpoint holds a list, not a state dict")
+    assert raised.value.__context__ is None
+
+
+def test_check_reads_the_pickle_only(tmp_path):
+    """The up-front check accepts a checkpoint whose tensor bytes are missing; reading fails."""
+    tensor = (
+        _global("torch._utils", "_rebuild_tensor_v2")
+        + pickle.MARK
+        + pickle.MARK + _op("storage") + _global("torch", "FloatStorage") + _op("0")
+        + _op("cpu") + _op(4) + pickle.TUPLE + pickle.BINPERSID
+        + _op(0) + _op((4,)) + _op((1,)) + pickle.NEWFALSE
+        + _global("collections", "OrderedDict") + pickle.EMPTY_TUPLE + pickle.REDUCE
+        + pickle.TUPLE + pickle.REDUCE
+    )
+    data_pkl = (b"\x80\x02" + pickle.EMPTY_DICT + _op("w") + tensor + pickle.SETITEM
+                + pickle.STOP)
+    path = tmp_path / "no_tensor_bytes.pth"
+    _write_zip_checkpoint(path, data_pkl, {})
+
+    assert safe_pth.check_torch_checkpoint(str(path)) is None
+    with pytest.raises(ValueError, match="no_tensor_bytes.pth: not a PyTorch checkpoint"):
+        safe_pth.read_torch_state_dict(str(path))

@@ -13,6 +13,7 @@ import pytest
 from components.config import GateConfig, IngestConfig
 from pipeline import cli, settings
 from pipeline.kubeflow_settings import KubeflowConfig
+from pipeline.names import check_model_name
 from trainer.config import ExportConfig, TrainingConfig
 from trainer.config_file import build_config
 
@@ -276,3 +277,28 @@ def test_compile_refuses_an_impossible_run_flag_naming_the_setting(tmp_path, dat
                      "--span-window", "3"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ingest.span_window 3 does not compile for Kubeflow")
+
+
+# ------------------------------------------------------- the model name, both commands
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", ".hidden", "../../escaped", "a/b", "a b",
+                                  "-x", "serving\n"])
+def test_a_model_name_that_is_not_one_plain_directory_is_refused(name):
+    with pytest.raises(ValueError, match=r"^--model-name must be one directory name of "):
+        check_model_name(name, "--model-name")
+
+
+@pytest.mark.parametrize("name", ["transferline", "flowers.v2", "Cats_and-dogs", "7"])
+def test_plain_model_names_are_kept(name):
+    assert check_model_name(name) == name
+
+
+def test_compile_refuses_an_escaping_model_name_naming_the_setting(tmp_path, data_root, capsys):
+    path = _all_sections(tmp_path, data_root)
+    output = tmp_path / "p.json"
+    assert cli.main(["compile", "--config", path, "--output", str(output),
+                     "--model-name", "../escaped"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model_name must be one directory name of letters, digits")
+    assert err.count("\n") == 1 and "'../escaped'" in err and not output.exists()

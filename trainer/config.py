@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pickle
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +34,15 @@ FEATURE_ENGINES = (FEATURE_ENGINE_AUTO, FEATURE_ENGINE_TENSORFLOW, FEATURE_ENGIN
 UNFREEZE_ALL = "all"
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 """Largest width x height a served image may declare (a 48 MP photo is 48e6)."""
+MAX_IMAGE_PIXELS_LIMIT = 2**29 - 1
+"""The largest pixel budget that means anything: TensorFlow's image decoders refuse an
+image of 2**29 pixels or more (DecodePng: "PNG size too large for int"), so a larger
+budget admits no more images; it also keeps the exported graph's int64 comparison exact."""
+MAX_IMAGE_SIZE = 1024
+"""Largest model input side. No backbone here was pretrained above 300 pixels, images
+are downscaled at ingestion to a longer side of `IngestConfig.max_side` (1024 by
+default), and one float32 RGB input of side N takes 12 * N**2 bytes in Transform's
+output and in every training batch, so larger inputs only upsample and run out of memory."""
 DEFAULT_TFLITE_TOLERANCE = 1e-3
 """Largest accepted difference between TFLite and SavedModel class scores."""
 
@@ -183,6 +193,10 @@ class ExportConfig:
         _check_types(self)
         _require(self.max_image_pixels >= 1,
                  f"export.max_image_pixels must be at least 1, got {self.max_image_pixels}")
+        _require(self.max_image_pixels <= MAX_IMAGE_PIXELS_LIMIT,
+                 f"export.max_image_pixels must be at most {MAX_IMAGE_PIXELS_LIMIT} "
+                 f"(TensorFlow cannot decode an image of 2**29 pixels or more), "
+                 f"got {self.max_image_pixels}")
         _require(0 < self.tflite_tolerance < 1,
                  f"export.tflite_tolerance must be in (0, 1) (scores are in [0, 1]), "
                  f"got {self.tflite_tolerance}")
@@ -276,10 +290,15 @@ class TrainingConfig:
         """
         _check_types(self)
         backbone = backbones.get_backbone(self.backbone)
-        backbones.resolve_weights(self.weights, self.backbone)
+        resolved = backbones.resolve_weights(self.weights, self.backbone)
+        if resolved not in (None, backbones.WEIGHTS_IMAGENET):
+            _check_weights_file(resolved)
         _require(self.image_size is None or self.image_size >= backbone.min_image_size,
                  f"image_size must be at least {backbone.min_image_size} pixels for "
                  f"{self.backbone}, got {self.image_size}")
+        _require(self.image_size is None or self.image_size <= MAX_IMAGE_SIZE,
+                 f"image_size must be at most {MAX_IMAGE_SIZE} pixels (larger inputs only "
+                 f"upsample the ingested images and exhaust memory), got {self.image_size}")
         if self.cut_layer is not None:
             backbones.check_cut_layer(self.backbone, self.cut_layer)
         self.head.validate()
@@ -351,6 +370,31 @@ def _check_types(config: Any) -> None:
     build_config(type(config), {
         field.name: getattr(config, field.name) for field in dataclasses.fields(config)
     })
+
+
+def _check_weights_file(path: str) -> None:
+    """A weights file is a readable file; a ``.pth`` one's pickle passes the restricted unpickler.
+
+    Only the pickle of a ``.pth`` is read (see `safe_pth.check_torch_checkpoint`), so a
+    hostile checkpoint is refused here, before anything runs, with the unpickler's message.
+    """
+    import tensorflow as tf
+
+    from trainer import safe_pth
+
+    _require(not tf.io.gfile.isdir(path),
+             f"weights={path!r} is a directory; expected a weights file (.h5, .pth)")
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            f.read(1)
+    except (OSError, tf.errors.OpError) as error:
+        reason = getattr(error, "strerror", None) or getattr(error, "message", None) or error
+        raise ConfigError(f"weights={path!r} cannot be read: {reason}") from None
+    if path.endswith(".pth"):
+        try:
+            safe_pth.check_torch_checkpoint(path)
+        except (ValueError, pickle.UnpicklingError) as error:
+            raise ConfigError(f"weights: {error}") from None
 
 
 def _check_class_weights(class_weights: str | dict[str, float]) -> None:

@@ -57,16 +57,11 @@ def read_config_file(
         them before `build_config`). Sections the file leaves out are absent.
 
     Raises:
-        ConfigError: The file is missing or not YAML, or a section or setting is
-            unknown or of the wrong type; the message names the file and the setting.
+        ConfigError: The file is missing, not UTF-8 or not YAML, repeats a key,
+            or a section or setting is unknown or of the wrong type; the message
+            names the file and the setting.
     """
-    try:
-        with open(path) as f:
-            document = yaml.safe_load(f)
-    except OSError as error:
-        raise ConfigError(f"cannot read config file {path!r}: {error.strerror}") from error
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path!r} is not valid YAML: {one_line(error)}") from error
+    document = _load_document(path)
     document = {} if document is None else document
     known = sorted([*sections, *ignored_sections])
     if not isinstance(document, dict):
@@ -87,6 +82,65 @@ def read_config_file(
             raise ConfigError(f"config file {path!r}: {section}.{error}") from None
         result[section] = values
     return result
+
+
+class _DuplicateKeyError(yaml.YAMLError):
+    """A mapping of the file gives one key twice."""
+
+    def __init__(self, key: Any, mark: yaml.Mark, first_line: int) -> None:
+        super().__init__(f"duplicate key {key!r} on line {mark.line + 1}, column "
+                         f"{mark.column + 1} (first on line {first_line})")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (by default the last wins).
+
+    Keys merged in with ``<<`` are not the mapping's own: overriding them is allowed.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            lines: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    repeated = key in lines
+                except TypeError:  # an unhashable key: the base class refuses it
+                    continue
+                if repeated:
+                    raise _DuplicateKeyError(key, key_node.start_mark, lines[key])
+                lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_document(path: str) -> Any:
+    """The file's YAML (or JSON) document; None when it is empty.
+
+    Raises:
+        ConfigError: The file cannot be read, is not UTF-8, is not YAML or
+            repeats a key in one mapping; the message names the file.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path!r}: {error.strerror}") from error
+    try:
+        text = raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise ConfigError(
+            f"config file {path!r} is not UTF-8 text: byte 0x{raw[error.start]:02x} at offset "
+            f"{error.start} (line {line}) cannot be decoded"
+        ) from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: builds no objects
+    except _DuplicateKeyError as error:
+        raise ConfigError(f"config file {path!r}: {error}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path!r} is not valid YAML: {one_line(error)}") from error
 
 
 def build_config(config_class: type, values: Mapping[str, Any]) -> Any:

@@ -135,6 +135,10 @@ def _as_str(value: Any) -> str:
     return value.decode("ascii") if isinstance(value, bytes) else str(value)
 
 
+class ForbiddenGlobalError(pickle.UnpicklingError):
+    """The checkpoint's pickle names a global a state dict does not need (it could run code)."""
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     """Unpickles a state dict, refusing every global a state dict does not need.
 
@@ -143,21 +147,27 @@ class _RestrictedUnpickler(pickle.Unpickler):
         storages: Storage cache shared by all pickles of one checkpoint, by key.
         legacy: Whether persistent ids use the legacy (pre-zip) layout, which adds
             view metadata.
+        source: The checkpoint's path, named in the refusal of a forbidden global.
     """
 
-    def __init__(self, file: IO[bytes], storages: dict[str, _Storage], legacy: bool) -> None:
+    def __init__(
+        self, file: IO[bytes], storages: dict[str, _Storage], legacy: bool, source: str
+    ) -> None:
         super().__init__(file)
         self._storages = storages
         self._legacy = legacy
+        self._source = source
 
     def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"forbidden global {module}.{name} in checkpoint; a state dict only needs "
-                "tensors, storages and OrderedDict"
-            ) from None
+        allowed = _ALLOWED_GLOBALS.get((module, name))
+        if allowed is None:
+            # Raised outside any `except`: no KeyError rides along as its context,
+            # so whatever reports the root of the failure reports this message.
+            raise ForbiddenGlobalError(
+                f"{self._source}: forbidden global {module}.{name} in checkpoint; a state "
+                "dict only needs tensors, storages and OrderedDict"
+            )
+        return allowed
 
     def persistent_load(self, pid: Any) -> _Storage:
         if not isinstance(pid, tuple) or not pid or _as_str(pid[0]) != "storage":
@@ -181,8 +191,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._storages[view_key]
 
 
-def _resolve(obj: Any) -> dict[str, np.ndarray]:
-    """Turns the unpickled object into ``{name: array}``.
+def _tensor_refs(obj: Any) -> dict[str, _TensorRef]:
+    """The unpickled object as ``{name: tensor reference}``, nothing read yet.
 
     Accepts a bare state dict or a training checkpoint holding one under
     ``"state_dict"``.
@@ -191,22 +201,31 @@ def _resolve(obj: Any) -> dict[str, np.ndarray]:
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise pickle.UnpicklingError(f"checkpoint holds a {type(obj).__name__}, not a state dict")
-    state: dict[str, np.ndarray] = {}
     for name, value in obj.items():
         if not isinstance(value, _TensorRef):
             raise pickle.UnpicklingError(f"state dict entry {name!r} is not a tensor")
-        state[str(name)] = value.materialize()
-    return state
+    return {str(name): value for name, value in obj.items()}
 
 
-def _read_zip_checkpoint(archive: zipfile.ZipFile) -> dict[str, np.ndarray]:
-    """Reads the ``torch.save`` zip format (PyTorch >= 1.6)."""
+def _resolve(obj: Any) -> dict[str, np.ndarray]:
+    """Turns the unpickled object into ``{name: array}``."""
+    return {name: ref.materialize() for name, ref in _tensor_refs(obj).items()}
+
+
+def _read_zip_checkpoint(
+    archive: zipfile.ZipFile, source: str, tensors: bool = True
+) -> dict[str, np.ndarray] | None:
+    """Reads the ``torch.save`` zip format (PyTorch >= 1.6); only its pickle without `tensors`."""
     pickles = [n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
     if len(pickles) != 1:
         raise ValueError(f"expected one data.pkl in the archive, found {len(pickles)}")
     prefix = pickles[0][: -len("data.pkl")]
     storages: dict[str, _Storage] = {}
-    obj = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), storages, legacy=False).load()
+    stream = io.BytesIO(archive.read(pickles[0]))
+    obj = _RestrictedUnpickler(stream, storages, legacy=False, source=source).load()
+    if not tensors:
+        _tensor_refs(obj)
+        return None
     for key, storage in storages.items():
         raw = archive.read(f"{prefix}data/{key}")
         nbytes = storage.numel * storage.dtype.itemsize
@@ -216,17 +235,19 @@ def _read_zip_checkpoint(archive: zipfile.ZipFile) -> dict[str, np.ndarray]:
     return _resolve(obj)
 
 
-def _read_legacy_checkpoint(stream: IO[bytes]) -> dict[str, np.ndarray]:
+def _read_legacy_checkpoint(
+    stream: IO[bytes], source: str, tensors: bool = True
+) -> dict[str, np.ndarray] | None:
     """Reads the legacy ``torch.save`` stream (PyTorch < 1.6, or new_zipfile off).
 
     Layout: magic number, protocol version, system info, the object pickle, the
     pickled list of storage keys, then per key an int64 element count and the raw
-    little-endian bytes.
+    little-endian bytes. Without `tensors`, only the pickles are read.
     """
     storages: dict[str, _Storage] = {}
 
     def load() -> Any:
-        return _RestrictedUnpickler(stream, storages, legacy=True).load()
+        return _RestrictedUnpickler(stream, storages, legacy=True, source=source).load()
 
     if load() != _LEGACY_MAGIC or load() != _LEGACY_PROTOCOL:
         raise ValueError("not a PyTorch checkpoint")
@@ -235,6 +256,9 @@ def _read_legacy_checkpoint(stream: IO[bytes]) -> dict[str, np.ndarray]:
         raise ValueError("big-endian PyTorch checkpoints are not supported")
     obj = load()
     keys = load()
+    if not tensors:
+        _tensor_refs(obj)
+        return None
     for key in keys:
         storage = storages.get(_as_str(key))
         if storage is None or storage.root is not None:
@@ -266,24 +290,42 @@ def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
 
     Raises:
         ValueError: The file is not a PyTorch checkpoint.
-        pickle.UnpicklingError: The pickle references a forbidden global or is
-            malformed.
+        ForbiddenGlobalError: The pickle references a forbidden global.
     """
-    path = os.fspath(path)
+    return _read_checkpoint(os.fspath(path), tensors=True)
+
+
+def check_torch_checkpoint(path: str) -> None:
+    """Refuses what `read_torch_state_dict` would refuse in the pickle, reading no tensor.
+
+    Only the pickle is read (a few kilobytes, before or beside the tensor bytes),
+    through the same restricted unpickler, so a hostile checkpoint is refused up
+    front with the same message.
+
+    Raises:
+        ValueError: The file is not a PyTorch checkpoint, or holds no state dict.
+        ForbiddenGlobalError: The pickle references a forbidden global.
+    """
+    _read_checkpoint(os.fspath(path), tensors=False)
+
+
+def _read_checkpoint(path: str, tensors: bool) -> dict[str, np.ndarray] | None:
+    """Either format; every failure is one exception naming `path`, chained to nothing.
+
+    The refusals are raised outside the `except` blocks so that no inner
+    exception travels along as their context: a report of the failure's root
+    shows this message, not a parser's internals.
+    """
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
-                return _read_zip_checkpoint(archive)
+                return _read_zip_checkpoint(archive, path, tensors)
         with open(path, "rb") as stream:
-            return _read_legacy_checkpoint(stream)
-    except pickle.UnpicklingError as err:
-        if "forbidden global" in str(err):
-            raise pickle.UnpicklingError(f"{path}: {err}") from err
-        raise ValueError(f"{path}: not a valid PyTorch checkpoint: {err}") from err
-    except OSError:
+            return _read_legacy_checkpoint(stream, path, tensors)
+    except (ForbiddenGlobalError, OSError):
         raise
+    except pickle.UnpicklingError as err:
+        problem = f"not a valid PyTorch checkpoint: {err}"
     except Exception as err:  # any parse failure means "not a checkpoint"
-        raise ValueError(
-            f"{path}: not a PyTorch checkpoint (neither torch.save zip nor legacy format): {err}"
-        ) from err
-
+        problem = f"not a PyTorch checkpoint (neither torch.save zip nor legacy format): {err}"
+    raise ValueError(f"{path}: {problem}")
