@@ -28,3 +28,16 @@ def test_root_cause_follows_causes_and_contexts():
         assert str(root_cause(outer)) == "disk"
     lone = ValueError("alone")
     assert root_cause(lone) is lone
+
+
+def test_root_cause_stops_where_a_context_was_hidden_with_from_none():
+    try:
+        try:
+            {}["posix", "system"]
+        except KeyError:
+            raise ValueError("forbidden global posix.system") from None
+    except ValueError as refused:
+        try:
+            raise RuntimeError("Trainer failed") from refused
+        except RuntimeError as outer:
+            assert str(root_cause(outer)) == "forbidden global posix.system"

@@ -18,9 +18,19 @@ def one_line(error: BaseException, limit: int = _LIMIT) -> str:
 
 
 def root_cause(error: BaseException) -> BaseException:
-    """The innermost exception of `error`'s cause (or context) chain."""
+    """The innermost exception of `error`'s cause (or context) chain.
+
+    A context hidden by `raise ... from None` is not followed: the error raised
+    there is the one meant for a person.
+    """
     seen = {id(error)}
-    while (inner := error.__cause__ or error.__context__) is not None and id(inner) not in seen:
+    while (inner := _inner(error)) is not None and id(inner) not in seen:
         seen.add(id(inner))
         error = inner
     return error
+
+
+def _inner(error: BaseException) -> BaseException | None:
+    if error.__cause__ is not None:
+        return error.__cause__
+    return None if error.__suppress_context__ else error.__context__
