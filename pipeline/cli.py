@@ -139,6 +139,9 @@ def _run(args: argparse.Namespace) -> int:
             gate=configs[settings.GATE],
             beam_pipeline_args=args.beam_arg or local_runner.DEFAULT_BEAM_ARGS,
         )
+    except local_runner.WorkdirBusyError as error:  # Another run holds the workdir: none ran.
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except Exception as error:  # noqa: BLE001 (one line instead of a traceback; --verbose shows it)
         unfit = _unfit_data_error(error)
         if unfit is not None:  # The data gate or ingestion stopped the run before training.

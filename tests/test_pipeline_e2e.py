@@ -10,6 +10,7 @@ import tensorflow as tf
 from components import serving_pusher
 from pipeline import cli
 from pipeline import pipeline as pipeline_def
+from tests import mlmd_testing
 from tests.conftest import CLASS_COLOURS, EXPECTED_NODE_IDS, encode, make_image
 from trainer import export
 
@@ -71,6 +72,13 @@ def test_run_pushes_a_serving_model_once_and_reruns_from_cache(shared_run):
     assert rerun.summary["pushed_model"] == str(version)
     assert rerun.summary["pushed_this_run"] is False
     assert "already serves" in rerun.printed
+
+    # Each run's summary is its own run's, named by the run id ML Metadata recorded.
+    run_contexts = mlmd_testing.store(workdir).get_contexts_by_type("pipeline_run")
+    assert [c.name for c in sorted(run_contexts, key=lambda c: c.id)] == [
+        summary["run_id"], rerun.summary["run_id"],
+    ]
+    assert summary["run_id"] != rerun.summary["run_id"]
 
 
 def test_predict_command_labels_images_from_a_pushed_model(shared_run, tmp_path, capsys):

@@ -28,7 +28,14 @@ from tfx.utils import path_utils
 from components import model_card, serving_pusher, tfma_results
 from pipeline import pipeline as pipeline_def
 from pipeline.reporting import eval_predictions, run_summary
-from pipeline.reporting.runs import RunRecord, find_run, open_store
+from pipeline.reporting.runs import (
+    ABANDONED,
+    ABANDONED_PROPERTY,
+    ExecutionRef,
+    RunRecord,
+    find_run,
+    open_store,
+)
 from trainer import features
 from trainer.errors import one_line
 from trainer.model import HISTORY_FILE
@@ -370,7 +377,7 @@ def gather_report_data(
     evaluation = run_summary.read_evaluation(run)
     summary = run_summary.build_summary(run, evaluation)
     notes = [
-        f"{execution.node_id} (execution {execution.id}) ended {execution.state}"
+        _unfinished_note(execution)
         for execution in run.executions
         if execution.state not in ("COMPLETE", "CACHED")
     ]
@@ -404,6 +411,14 @@ def gather_report_data(
         notes=tuple(notes),
         generated_at=iso_time(datetime.datetime.now(datetime.timezone.utc).timestamp() * 1000),
     )
+
+
+def _unfinished_note(execution: ExecutionRef) -> str:
+    """'Trainer (execution 7) ended FAILED', or why a dead run's step is abandoned."""
+    if execution.state == ABANDONED:
+        reason = execution.properties[ABANDONED_PROPERTY]
+        return f"{execution.node_id} (execution {execution.id}) abandoned: {reason}"
+    return f"{execution.node_id} (execution {execution.id}) ended {execution.state}"
 
 
 def version_card(data: ReportData) -> model_card.ModelCardFacts | None:

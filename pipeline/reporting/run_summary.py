@@ -1,8 +1,9 @@
 """`run_summary.json`: what a pipeline run did, from its ML Metadata record and artifacts.
 
-The shape is the README's: examples per split, classes, every file not used with
-its reason, the Evaluator's metrics and gate (read by `components.tfma_results`),
-the blessing and the push.
+The shape is the README's: the run's id (its ML Metadata run name, what
+`transferline report --run` takes), examples per split, classes, every file not
+used with its reason, the Evaluator's metrics and gate (read by
+`components.tfma_results`), the blessing and the push.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def build_summary(
     pushed = run.output(pipeline_def.PUSHER, keys.PUSHED_MODEL_KEY)
     blessed = is_blessed(run)
     return {
+        "run_id": run.name,
         "examples": examples_per_split(statistics.uri) if statistics is not None else {},
         "classes": sorted(ingest.get("images_per_class", {})),
         "images_per_class": ingest.get("images_per_class", {}),

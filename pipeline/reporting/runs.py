@@ -23,6 +23,10 @@ _RUN_CONTEXT = "pipeline_run"
 _NODE_CONTEXT = "node"
 METADATA_FILE = "metadata.sqlite"
 """The local runner's ML Metadata database, in the work directory."""
+ABANDONED_PROPERTY = "abandoned"
+"""An execution's custom property: when and why a later run found it left active."""
+ABANDONED = "ABANDONED"
+"""The state shown for an execution marked abandoned (ML Metadata's state: CANCELED)."""
 
 
 class ReportError(ValueError):
@@ -45,7 +49,12 @@ class ArtifactRef:
 
 @dataclasses.dataclass(frozen=True)
 class ExecutionRef:
-    """One node's execution in the run."""
+    """One node's execution in the run.
+
+    `state` is ML Metadata's state name, except for an execution a later run
+    found left NEW or RUNNING by a process that died: that one is ABANDONED,
+    and `properties["abandoned"]` says when and why.
+    """
 
     id: int
     node_id: str
@@ -164,13 +173,12 @@ def read_run(
             artifacts,
             (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT),
         )
-        state = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
         executions.append(
             ExecutionRef(
                 id=execution.id,
                 node_id=node_id,
                 type=execution.type,
-                state=state,
+                state=_state(execution),
                 started_ms=execution.create_time_since_epoch,
                 finished_ms=execution.last_update_time_since_epoch,
                 properties=_properties(execution),
@@ -185,6 +193,12 @@ def read_run(
         created_ms=run.create_time_since_epoch,
         executions=tuple(executions),
     )
+
+
+def _state(execution: metadata_store_pb2.Execution) -> str:
+    if ABANDONED_PROPERTY in execution.custom_properties:
+        return ABANDONED
+    return metadata_store_pb2.Execution.State.Name(execution.last_known_state)
 
 
 def _node_id(
