@@ -120,16 +120,19 @@ def _check_workdir(workdir: str, data_root: str) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from components.image_folder import IngestionError, precheck_data_root
-    from pipeline import local_runner
+    from pipeline import workdir_lock
 
     try:
         check_model_name(args.model_name, "--model-name")
         _check_workdir(args.workdir, args.data)
         configs = settings.settings_from_args(args, settings.LOCAL_SECTIONS)
         precheck_data_root(args.data, span=configs[settings.INGEST].span)
-    except (ValueError, IngestionError) as error:
+        workdir_lock.check_free(os.path.abspath(args.workdir))
+    except (ValueError, IngestionError, workdir_lock.WorkdirBusyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+    from pipeline import local_runner  # TensorFlow and TFX load only once the settings hold.
 
     started = time.monotonic()
     try:

@@ -69,6 +69,29 @@ def hold(workdir: str) -> Iterator[Holder]:
         os.close(fd)  # closing releases the lock
 
 
+def check_free(workdir: str) -> None:
+    """Fails at once if a run holds `workdir` now (a cheap probe before any work starts).
+
+    The run itself still takes the lock with `hold`: this only lets a command
+    refuse a busy workdir before it loads TensorFlow.
+
+    Raises:
+        WorkdirBusyError: Another process holds it.
+    """
+    path = os.path.join(workdir, LOCK_FILE)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # No lock file (or no workdir yet): nobody holds it.
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkdirBusyError(_busy_message(workdir, path)) from None
+    finally:
+        os.close(fd)
+
+
 def read_holder(workdir: str) -> Holder | None:
     """The holder recorded in `workdir`'s lock file; None if none is recorded."""
     try:

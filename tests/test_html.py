@@ -186,6 +186,16 @@ def test_a_stopped_run_still_gets_every_section():
     assert '<span class="bad">FAILED</span>' in page
 
 
+def test_an_abandoned_step_is_shown_as_a_failure():
+    data = _stopped_run()
+    trainer = dataclasses.replace(data.run.executions[1], state="ABANDONED")
+    run = dataclasses.replace(data.run, executions=(data.run.executions[0], trainer))
+
+    page = report_html.render_html(dataclasses.replace(data, run=run))
+
+    assert '<span class="bad">ABANDONED</span>' in page
+
+
 def test_text_from_the_run_is_escaped():
     page = report_html.render_html(_stopped_run())
 

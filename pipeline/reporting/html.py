@@ -17,12 +17,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from PIL import Image
 
 from components import model_card
-from pipeline.reporting import eval_predictions
+from pipeline.reporting import eval_predictions, runs
 from pipeline.reporting import report_data as rd
 
 THUMBNAIL_SIDE = 128
 _SERIES_COLOURS = ("#1f6fb2", "#e4761b", "#2a9d55", "#a23b72")
-_STATE_CLASS = {"COMPLETE": "ok", "CACHED": "ok", "FAILED": "bad", "CANCELED": "bad"}
+_STATE_CLASS = {
+    "COMPLETE": "ok", "CACHED": "ok", "FAILED": "bad", "CANCELED": "bad", runs.ABANDONED: "bad"
+}
 
 _CSS = """
 :root { --ink:#1d2430; --muted:#5b6675; --line:#d9dee5; --bg:#f5f7fa; --ok:#1e7f4f; --bad:#b3261e;
