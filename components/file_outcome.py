@@ -290,7 +290,7 @@ def _open_regular_file(path: str) -> BinaryIO:
     try:
         return fs.open_regular(path)
     except file_systems.NotARegularFile as error:
-        raise UnusableImage("not a regular file") from error
+        raise UnusableImage(file_systems.NOT_A_REGULAR_FILE) from error
     except OSError as error:
         kind = "broken symlink" if fs.islink(path) else "unreadable file"
         raise UnusableImage(f"{kind} ({one_line(error)})") from error

@@ -57,6 +57,10 @@ class FileState(NamedTuple):
     mtime_ns: int
 
 
+NOT_A_REGULAR_FILE = "not a regular file"
+"""Why a FIFO, a device or a folder given as a file is never opened: every reader says so."""
+
+
 class NotARegularFile(OSError):
     """The path exists but is not a regular file (a FIFO, a device, a folder)."""
 
@@ -137,7 +141,7 @@ class _LocalFileSystem:
     def open_regular(self, path: str) -> BinaryIO:
         """Opens a regular file; a FIFO or device is refused before it can block."""
         if not stat.S_ISREG(os.stat(path).st_mode):
-            raise NotARegularFile(f"not a regular file: {path}")
+            raise NotARegularFile(f"{NOT_A_REGULAR_FILE}: {path}")
         return open(path, "rb")  # noqa: SIM115 (the caller closes it)
 
 

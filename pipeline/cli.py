@@ -240,7 +240,8 @@ def _any_image(data_root: str) -> str | None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from pipeline.predict import predict_files
+    """Prints one line per file: tab-separated, each field escaped (`predict.tsv_field`)."""
+    from pipeline.predict import predict_files, tsv_field
 
     try:
         predictions = predict_files(args.model, args.images, top_k=args.top_k)
@@ -252,10 +253,10 @@ def _predict(args: argparse.Namespace) -> int:
     else:
         for p in predictions:
             if p.error:
-                result = f"error: {p.error}"
+                fields = [f"error: {p.error}"]
             else:
-                result = "\t".join(f"{label}\t{score:.4f}" for label, score in p.top_k)
-            print(f"{p.path}\t{result}")
+                fields = [f for label, score in p.top_k for f in (label, f"{score:.4f}")]
+            print("\t".join(tsv_field(field) for field in (p.path, *fields)))
     return 1 if any(p.error for p in predictions) else 0
 
 

@@ -5,7 +5,14 @@ model directory (its newest version), a version directory or any SavedModel
 exported by Transferline. Images may be files or folders (searched
 recursively; hidden files and folders are left out). Files are classified in
 batches; a file that cannot be read or is rejected by the model (empty, not an
-image, over the model's pixel budget) gets its own error and the rest carry on.
+image, truncated, over the model's pixel budget) gets its own error and the
+rest carry on. A FIFO or device is never opened: it gets the error
+"not a regular file", as in ingestion and `scan`.
+
+The command's tab-separated output escapes each field with `tsv_field`
+(backslash, tab, newline and carriage return as ``\\``, ``\t``, ``\n``,
+``\r``), so a file name holding them still takes one line of fields; `--json`
+gives every name exactly.
 """
 
 from __future__ import annotations
@@ -18,11 +25,14 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
+from components import file_systems
 from trainer import export
+from trainer.errors import one_line
 
 DEFAULT_BATCH_SIZE = 32
 MAX_FILE_BYTES = 100 * 2**20
 _SAVED_MODEL_PB = "saved_model.pb"
+_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,17 +116,63 @@ def find_image_files(paths: Sequence[str]) -> Iterator[tuple[str, str | None]]:
             yield path, "no such file or folder"
 
 
+class UnreadableModel(ValueError):
+    """The model directory's SavedModel cannot be loaded, or has no `serving_default`."""
+
+
 def _read(path: str) -> bytes:
-    """The file's bytes.
+    """The bytes of a regular file; a FIFO or device is never opened.
 
     Raises:
-        OSError: It cannot be read, or is larger than `MAX_FILE_BYTES`.
+        OSError: It is not a regular file (the message is `NOT_A_REGULAR_FILE`),
+            cannot be read, or is larger than `MAX_FILE_BYTES`.
     """
-    size = os.path.getsize(path)
-    if size > MAX_FILE_BYTES:
-        raise OSError(f"file too large: {size} bytes, more than {MAX_FILE_BYTES}")
-    with open(path, "rb") as f:
-        return f.read()
+    try:
+        handle = file_systems.LOCAL.open_regular(path)
+    except file_systems.NotARegularFile:
+        raise OSError(file_systems.NOT_A_REGULAR_FILE) from None
+    with handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > MAX_FILE_BYTES:
+            raise OSError(f"file too large: {size} bytes, more than {MAX_FILE_BYTES}")
+        return handle.read()
+
+
+def tsv_field(text: str) -> str:
+    """`text` as one field of tab-separated output: backslash, tab, newline, CR escaped.
+
+    ``\\`` stands for a backslash, ``\t`` for a tab, ``\n`` for a newline and
+    ``\r`` for a carriage return, so the field holds no separator and reads back
+    unambiguously.
+    """
+    return text.translate(_TSV_ESCAPES)
+
+
+def _load_serving_default(model_dir: str):
+    """The `serving_default` signature of the SavedModel in `model_dir`.
+
+    Raises:
+        UnreadableModel: The SavedModel cannot be loaded (a damaged, empty or
+            foreign `saved_model.pb`, missing variables) or lacks the signature.
+    """
+    try:
+        loaded = tf.saved_model.load(model_dir)
+    except (OSError, ValueError):
+        # TensorFlow says "Cannot parse file" or, for an empty or foreign
+        # protocol buffer, that a `tags=` argument is needed for its 0 MetaGraphs.
+        raise UnreadableModel(
+            f"{os.path.join(model_dir, _SAVED_MODEL_PB)}: not a readable SavedModel "
+            "(the file is damaged, empty or not a SavedModel)"
+        ) from None
+    except tf.errors.OpError as error:
+        raise UnreadableModel(
+            f"{model_dir}: not a readable SavedModel ({one_line(error)})"
+        ) from error
+    if export.SERVING_DEFAULT not in loaded.signatures:
+        raise UnreadableModel(
+            f"{model_dir}: the SavedModel has no {export.SERVING_DEFAULT} signature"
+        )
+    return loaded.signatures[export.SERVING_DEFAULT]
 
 
 def model_error_message(error: tf.errors.OpError) -> str:
@@ -139,9 +195,14 @@ class Predictor:
     """A loaded model's `serving_default`, applied to encoded images in batches."""
 
     def __init__(self, model_path: str) -> None:
-        """Loads the model at `model_path` (see `resolve_model_dir`)."""
+        """Loads the model at `model_path` (see `resolve_model_dir`).
+
+        Raises:
+            FileNotFoundError: No SavedModel at `model_path`.
+            UnreadableModel: The SavedModel there cannot be loaded.
+        """
         self.model_dir = resolve_model_dir(model_path)
-        self._serve = tf.saved_model.load(self.model_dir).signatures[export.SERVING_DEFAULT]
+        self._serve = _load_serving_default(self.model_dir)
 
     def _run(self, images: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
         outputs = self._serve(**{export.IMAGE_BYTES_INPUT: tf.constant(images)})
@@ -188,6 +249,7 @@ def predict_files(
 
     Raises:
         FileNotFoundError: No model at `model_path`.
+        UnreadableModel: The model there cannot be loaded (a ValueError).
         ValueError: `top_k` or `batch_size` is below 1.
     """
     if top_k < 1:

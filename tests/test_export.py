@@ -50,10 +50,25 @@ def _png_header(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + b"\0" * 4
 
 
-def _encoded(image: Image.Image, image_format: str) -> bytes:
+def _encoded(image: Image.Image, image_format: str, **options) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format=image_format)
+    image.save(buffer, format=image_format, **options)
     return buffer.getvalue()
+
+
+def _gif(screen: tuple[int, int], frames: list[tuple[int, int]], blocks: bytes = b"",
+         end: bytes = b"\x3b") -> bytes:
+    """A GIF by hand: a `screen` (width, height), `blocks`, then one image descriptor
+    per frame (width, height) with a few bytes of (not valid) LZW data, then `end`."""
+    gif = b"GIF89a" + struct.pack("<HHBBB", *screen, 0, 0, 0) + blocks
+    for width, height in frames:
+        gif += b"\x2c" + struct.pack("<HHHHB", 0, 0, width, height, 0) + b"\x02\x03abc\x00"
+    return gif + end
+
+
+def _with_small_screen(gif: bytes) -> bytes:
+    """`gif` declaring a 1x1 logical screen (its frames unchanged)."""
+    return gif[:6] + struct.pack("<HH", 1, 1) + gif[10:]
 
 
 def test_signatures_serve_raw_bytes_and_examples(exported):
@@ -106,7 +121,8 @@ def test_only_the_variables_are_saved_not_the_keras_layers(exported):
         (["ok", "big"], "image_bytes[1]: image too large: 40000 pixels declared, over the "
                         "pixel budget of 10000"),
         ([_png_header(0, 10)], "corrupt image header: 0 pixels"),
-        ([b"\xff\xd8\xff\xe0 truncated"], "Invalid JPEG data"),
+        ([b"\xff\xd8\xff\xe0 truncated"], "image_bytes[0]: truncated JPEG: the data ends inside "
+                                          "its header"),
     ],
     ids=["empty", "html", "pdf", "png-bomb", "jpeg-over-budget", "zero-size", "bad-jpeg"],
 )
@@ -129,9 +145,80 @@ def test_gif_bmp_and_grayscale_images_within_budget_are_served(exported):
     assert served[export.SCORES_OUTPUT].shape == (3, 3)
 
 
+@pytest.mark.parametrize(
+    ("gif", "expected"),
+    [
+        (_gif((1, 1), [(12000, 12000)]), "image_bytes[0]: image too large: 144000000 pixels "
+                                         "declared, over the pixel budget of 10000"),
+        (_gif((50, 50), [(50, 50)] * 5), "image_bytes[0]: image too large: 12500 pixels"),
+        (_gif((10, 10), [(100, 20), (20, 100)]), "image too large: 20000 pixels"),
+        (_gif((8, 8), [(8, 8)], end=b"\x99"), "image_bytes[0]: corrupt image header: the GIF "
+                                               "block structure is malformed or cut short"),
+        (_gif((8, 8), [(8, 8)], end=b"")[:-3], "block structure is malformed or cut short"),
+        (_gif((8, 8), [(8, 0)]), "block structure is malformed or cut short"),
+        (_gif((8, 8), [(8, 8)], blocks=b"\x21\xfe\x00" * 3000),
+         "image_bytes[0]: GIF too complex to check: its blocks take more than 4096 steps"),
+        (_gif((8, 8), []), "image_bytes[0]: corrupt image header: 0 pixels declared"),
+    ],
+    ids=["huge-frame-small-screen", "many-frames", "widest-and-tallest", "unknown-block",
+         "cut-short", "empty-frame", "too-many-blocks", "no-frame"],
+)
+def test_gif_budget_counts_every_frame_the_decoder_allocates(exported, gif, expected):
+    assert expected in _error(exported, [gif])
+
+
+def test_a_decodable_gif_with_a_small_screen_and_a_large_frame_is_refused(exported):
+    gif = _with_small_screen(_encoded(Image.new("L", (200, 200), 7), "GIF"))
+    # TensorFlow's decoder ignores the screen: it would allocate the whole frame.
+    assert tf.io.decode_gif(gif).shape == (1, 200, 200, 3)
+
+    assert "image_bytes[1]: image too large: 40000 pixels declared" in _error(
+        exported, [colour_image("red", seed=3), gif]
+    )
+
+
+def test_animated_gif_within_budget_is_served(exported):
+    frames = [Image.new("L", (40, 40), shade) for shade in (10, 120, 240)]
+    gif = _with_small_screen(_encoded(frames[0], "GIF", save_all=True, append_images=frames[1:]))
+    assert tf.io.decode_gif(gif).shape == (3, 40, 40, 3)
+
+    assert _serve(exported, [gif])[export.SCORES_OUTPUT].shape == (1, 3)
+
+
+def _jpeg_with_thumbnail(size: int) -> bytes:
+    """A JPEG whose APP1 segment holds a complete small JPEG (as camera EXIF does)."""
+    photo = _encoded(Image.new("RGB", (size, size), (200, 30, 30)), "JPEG")
+    thumbnail = _encoded(Image.new("RGB", (8, 8), (30, 30, 200)), "JPEG")
+    app1 = b"Exif\0\0" + thumbnail
+    return photo[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + photo[2:]
+
+
+def test_a_truncated_jpeg_is_named_by_its_index_in_the_batch(exported):
+    whole = _jpeg_with_thumbnail(90)
+    assert _serve(exported, [whole])[export.SCORES_OUTPUT].shape == (1, 3)
+    ok = colour_image("red", seed=3, image_format="JPEG")
+
+    assert "image_bytes[2]: truncated JPEG: the data ends before its end-of-image marker" in (
+        _error(exported, [ok, ok, whole[: len(whole) - 100]])
+    )
+    assert "image_bytes[1]: truncated JPEG: the data ends inside its header" in _error(
+        exported, [ok, whole[:300]]
+    )
+
+
+def test_a_jpeg_with_data_after_its_end_is_served(exported):
+    # E.g. a motion photo's video: bytes after the image, here holding a scan marker.
+    jpeg = colour_image("blue", seed=4, image_format="JPEG") + b"\xff\xda trailer"
+    assert _serve(exported, [jpeg])[export.SCORES_OUTPUT].shape == (1, 3)
+
+
 def test_examples_signature_checks_images_too(exported):
     example = labelled_example(_png_header(50_000, 50_000), "red")
     with pytest.raises(tf.errors.InvalidArgumentError, match="examples.image\\[0\\]: image too"):
+        exported.signatures[export.SERVING_EXAMPLES](examples=tf.constant([example]))
+    example = labelled_example(_gif((1, 1), [(12000, 12000)]), "red")
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="examples.image\\[0\\]: image too large: 144000000 pixels"):
         exported.signatures[export.SERVING_EXAMPLES](examples=tf.constant([example]))
 
 

@@ -1,8 +1,10 @@
 """`transferline predict`: model resolution, folders, top-k, JSON, per-file errors."""
 
+import contextlib
 import json
 import os
 import shutil
+import threading
 
 import pytest
 
@@ -86,3 +88,90 @@ def test_command_text_output_and_bad_model_path(serving_dir, images, capsys, tmp
 
     assert cli.main(["predict", "--model", str(tmp_path), str(images / "red.png")]) == 2
     assert "no SavedModel" in capsys.readouterr().err
+
+
+def test_a_truncated_jpeg_in_a_batch_gets_its_own_clear_error(serving_dir, tmp_path):
+    whole = colour_image("blue", seed=2, image_format="JPEG", size=64)
+    (tmp_path / "a.jpg").write_bytes(whole)
+    (tmp_path / "b.jpg").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "c.png").write_bytes(colour_image("red", seed=1))
+
+    results = predict.predict_files(str(serving_dir), [str(tmp_path)], batch_size=3)
+
+    assert [r.error for r in results] == [
+        None, "truncated JPEG: the data ends before its end-of-image marker", None
+    ]
+    assert results[0].label in ("red", "green", "blue")
+
+
+@pytest.mark.parametrize("damage", [b"not a protocol buffer", b""], ids=["garbage", "empty"])
+def test_a_corrupt_saved_model_is_refused_as_unreadable(serving_dir, images, tmp_path, capsys,
+                                                        damage):
+    model = tmp_path / "model"
+    shutil.copytree(serving_dir / "colours" / "7", model)
+    (model / "saved_model.pb").write_bytes(damage)
+
+    assert cli.main(["predict", "--model", str(model), str(images / "red.png")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {model / 'saved_model.pb'}: not a readable SavedModel "
+        "(the file is damaged, empty or not a SavedModel)\n"
+    )
+    with pytest.raises(predict.UnreadableModel, match="not a readable SavedModel"):
+        predict.Predictor(str(model))
+
+
+@contextlib.contextmanager
+def _fifo_opens_released(path: str):
+    """Lists each time FIFO `path` is opened for reading, and lets that reader see EOF.
+
+    So code that opens the FIFO fails the test instead of blocking it.
+    """
+    stop, opened = threading.Event(), []
+
+    def release() -> None:
+        while not stop.wait(0.05):
+            try:
+                descriptor = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # No reader has it open.
+                continue
+            opened.append(path)
+            os.close(descriptor)
+
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    try:
+        yield opened
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_a_fifo_is_skipped_as_not_a_regular_file_never_opened(serving_dir, images):
+    os.mkfifo(images / "pipe.png")
+
+    with _fifo_opens_released(str(images / "pipe.png")) as opened:
+        results = predict.predict_files(str(serving_dir), [str(images / "pipe.png"), str(images)])
+
+    assert opened == []
+
+    by_path = {r.path: r.error for r in results}
+    assert by_path[str(images / "pipe.png")] == "not a regular file"  # ingestion's reason
+    assert [r.path for r in results].count(str(images / "pipe.png")) == 2
+    assert by_path[str(images / "red.png")] is None
+
+
+def test_text_output_escapes_tabs_newlines_and_backslashes(serving_dir, tmp_path, capsys):
+    names = ["a\nb.png", "c\td.png", "e\\f.png"]
+    for name in names:
+        (tmp_path / name).write_bytes(colour_image("red", seed=1))
+
+    assert cli.main(["predict", "--model", str(serving_dir), str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [
+        f"{tmp_path}/a\\nb.png", f"{tmp_path}/c\\td.png", f"{tmp_path}/e\\\\f.png"
+    ]
+    assert all(len(line.split("\t")) == 3 for line in lines)
+
+    assert cli.main(["predict", "--model", str(serving_dir), str(tmp_path), "--json"]) == 0
+    paths = [r["path"] for r in json.loads(capsys.readouterr().out)]
+    assert paths == [str(tmp_path / name) for name in names]

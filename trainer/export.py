@@ -10,10 +10,11 @@ Signatures:
         transformed features (the image exactly as the classifier sees it).
 
 Every signature checks its encoded images before decoding any: an empty input,
-bytes that are not a JPEG, PNG, GIF or BMP, or an image whose header declares
-more pixels than the model's budget fails the request with an InvalidArgument
-error naming the image and the problem, so a server never decodes (or runs out
-of memory on) a decompression bomb.
+bytes that are not a JPEG, PNG, GIF or BMP, a corrupt header, a truncated JPEG,
+or an image the decoder would allocate more pixels for than the model's budget
+(every frame of a GIF counted) fails the request with an InvalidArgument error
+naming the image and the problem, so a server never decodes (or runs out of
+memory on) a decompression bomb; see `trainer.image_checks`.
 
 Only the classifier's variables are saved with the signatures, not the Keras
 model object and its per-layer functions, so the SavedModel is smaller and loads
@@ -46,6 +47,7 @@ from tf_keras.src.saving.legacy.saved_model import utils as keras_saved_model_ut
 from trainer import features
 from trainer.config import DEFAULT_TFLITE_TOLERANCE, ExportConfig
 from trainer.errors import one_line
+from trainer.image_checks import check_encoded_images
 
 SERVING_DEFAULT = "serving_default"
 SERVING_EXAMPLES = "serving_examples"
@@ -65,12 +67,6 @@ TFLITE_INFO_FILE = "classifier.tflite.json"
 TRAINING_FILE = "training.json"
 """In `assets.extra/`: the training settings and history the model came from."""
 
-# Formats `transform.decode_images` decodes, by their first bytes.
-_JPEG_MAGIC = b"\xff\xd8\xff"
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_GIF_MAGICS = (b"GIF87a", b"GIF89a")
-_BMP_MAGIC = b"BM"
-_HEADER_BYTES = 32
 _EXAMPLE_IMAGES = f"{EXAMPLES_INPUT}.{features.IMAGE_KEY}"
 """How errors name the images of a batch of tf.Examples."""
 
@@ -85,140 +81,6 @@ def class_names(tf_transform_output: tft.TFTransformOutput) -> list[str]:
         name.decode() if isinstance(name, bytes) else name
         for name in tf_transform_output.vocabulary_by_name(features.LABEL_VOCABULARY)
     ]
-
-
-# ------------------------------------------------------------------ input checks
-
-
-def _header_bytes(image_bytes: tf.Tensor) -> tf.Tensor:
-    """The first `_HEADER_BYTES` bytes of each image, zero-padded: uint8 [n, 32]."""
-    padding = tf.fill(tf.shape(image_bytes), b"\0" * _HEADER_BYTES)
-    head = tf.strings.join([tf.strings.substr(image_bytes, 0, _HEADER_BYTES), padding])
-    head = tf.strings.substr(head, 0, _HEADER_BYTES)
-    return tf.reshape(tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64), [-1, _HEADER_BYTES])
-
-
-def _big_endian(header: tf.Tensor, start: int, size: int) -> tf.Tensor:
-    value = tf.zeros_like(header[:, 0])
-    for offset in range(start, start + size):
-        value = value * 256 + header[:, offset]
-    return value
-
-
-def _little_endian(header: tf.Tensor, start: int, size: int) -> tf.Tensor:
-    return _big_endian(header[:, ::-1], _HEADER_BYTES - start - size, size)
-
-
-def _jpeg_pixels(image_bytes: tf.Tensor, is_jpeg: tf.Tensor) -> tf.Tensor:
-    """Height x width read from each JPEG's header (0 for the other images)."""
-
-    def pixels(args: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
-        encoded, jpeg = args
-        return tf.cond(
-            jpeg,
-            lambda: tf.reduce_prod(tf.cast(tf.image.extract_jpeg_shape(encoded)[:2], tf.int64)),
-            lambda: tf.constant(0, tf.int64),
-        )
-
-    return tf.map_fn(
-        pixels, (image_bytes, is_jpeg), fn_output_signature=tf.TensorSpec([], tf.int64)
-    )
-
-
-def _declared_pixels(image_bytes: tf.Tensor, header: tf.Tensor, formats: dict) -> tf.Tensor:
-    """Width x height each image declares in its header, decoding no pixel."""
-    png = _big_endian(header, 16, 4) * _big_endian(header, 20, 4)
-    gif = _little_endian(header, 6, 2) * _little_endian(header, 8, 2)
-    # BMP: a 12-byte core header has 16-bit sizes; the others 32-bit (height
-    # negative for top-down rows).
-    core = tf.equal(_little_endian(header, 14, 4), 12)
-    bmp_height = _little_endian(header, 22, 4)
-    bmp_height = tf.where(bmp_height >= 2**31, 2**32 - bmp_height, bmp_height)
-    bmp = tf.where(
-        core,
-        _little_endian(header, 18, 2) * _little_endian(header, 20, 2),
-        _little_endian(header, 18, 4) * bmp_height,
-    )
-    pixels = tf.where(formats["png"], png, tf.zeros_like(png))
-    pixels = tf.where(formats["gif"], gif, pixels)
-    pixels = tf.where(formats["bmp"], bmp, pixels)
-    return tf.where(formats["jpeg"], _jpeg_pixels(image_bytes, formats["jpeg"]), pixels)
-
-
-def _assert_none(
-    bad: tf.Tensor, input_name: str | tf.Tensor, problem: str | tf.Tensor
-) -> tf.Operation:
-    """Fails naming the first bad image (`input_name[i]`) when any is bad."""
-    # The first bad index (0 for an empty batch, refused on its own).
-    first = tf.argmax(tf.concat([tf.cast(bad, tf.int32), [1]], 0), output_type=tf.int32)
-    if isinstance(problem, tf.Tensor):
-        problem = tf.gather(tf.concat([problem, [""]], 0), first)
-    message = tf.strings.join([input_name, "[", tf.strings.as_string(first), "]: ", problem])
-    return tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [message])
-
-
-def check_encoded_images(
-    image_bytes: tf.Tensor, max_pixels: int, input_name: str | tf.Tensor = IMAGE_BYTES_INPUT
-) -> tf.Tensor:
-    """`image_bytes` once every image is known safe to decode.
-
-    Args:
-        image_bytes: String tensor [batch] of encoded images.
-        max_pixels: Largest width x height an image may declare.
-        input_name: Named in error messages, e.g. ``image_bytes[3]: ...``; a
-            string or a scalar string tensor.
-
-    Returns:
-        `image_bytes`, computed only after the checks passed.
-
-    Raises:
-        tf.errors.InvalidArgumentError: (when run) the batch or an image is empty, is not a
-            JPEG, PNG, GIF or BMP, has a corrupt header, or declares more
-            pixels than `max_pixels`.
-    """
-    lengths = tf.strings.length(image_bytes)
-    header = _header_bytes(image_bytes)
-    prefix = tf.strings.substr(image_bytes, 0, 8)
-    formats = {
-        "jpeg": tf.strings.substr(prefix, 0, 3) == _JPEG_MAGIC,
-        "png": prefix == _PNG_MAGIC,
-        "gif": tf.reduce_any(
-            [tf.strings.substr(prefix, 0, 6) == magic for magic in _GIF_MAGICS], axis=0
-        ),
-        "bmp": tf.strings.substr(prefix, 0, 2) == _BMP_MAGIC,
-    }
-    known = tf.reduce_any(list(formats.values()), axis=0)
-    empty = tf.equal(lengths, 0)
-    checks = [
-        tf.debugging.Assert(
-            tf.size(image_bytes) > 0,
-            [tf.strings.join([input_name, ": an empty batch (no images)"])],
-        ),
-        _assert_none(empty, input_name, "empty input (0 bytes)"),
-        _assert_none(
-            tf.logical_and(tf.logical_not(empty), tf.logical_not(known)),
-            input_name,
-            "not an image: the bytes are not JPEG, PNG, GIF or BMP data",
-        ),
-    ]
-    with tf.control_dependencies(checks):
-        pixels = _declared_pixels(image_bytes, header, formats)
-    too_large = pixels > max_pixels
-    zero = tf.equal(pixels, 0)
-    with tf.control_dependencies(checks):
-        checks += [
-            _assert_none(
-                too_large,
-                input_name,
-                tf.strings.join(
-                    ["image too large: ", tf.strings.as_string(pixels),
-                     f" pixels declared, over the pixel budget of {max_pixels}"]
-                ),
-            ),
-            _assert_none(zero, input_name, "corrupt image header: 0 pixels declared"),
-        ]
-    with tf.control_dependencies(checks):
-        return tf.identity(image_bytes)
 
 
 # ------------------------------------------------------------------- the module
