@@ -150,22 +150,35 @@ def _run_task(package: CompiledPackage, name: str, run_name: str,
         _write_text(log, f"imported {executor['importer']}\n")
         return TaskResult(name, 0, time.monotonic() - started, log)
     executor_input = _executor_input(task, component, task_root, outputs)
-    container = executor["container"]
-    steps = [container["lifecycle"]["preCacheCheck"]] if "lifecycle" in container else []
-    with open(log, "w") as log_file:
-        for step in [*steps, container]:
-            command = _command(step, executor_input, run_name, name, package.pipeline_root)
-            log_file.write(f"$ {' '.join(command[:3])} ...\n")
-            log_file.flush()
-            code = subprocess.call(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                   env=_task_env())
-            if code:
-                return TaskResult(name, code, time.monotonic() - started, log, _last_error(log))
+    code = _run_container(executor["container"], executor_input, run_name, name,
+                          package.pipeline_root, log)
+    if code:
+        return TaskResult(name, code, time.monotonic() - started, log, _last_error(log))
     declared = executor_input["outputs"].get("artifacts", {})
     produced = _read_executor_output(executor_input["outputs"]["outputFile"])
     outputs[name] = {key: _merge(artifacts, produced.get(key))
                      for key, artifacts in declared.items()}
     return TaskResult(name, 0, time.monotonic() - started, log)
+
+
+def _run_container(container: Mapping[str, Any], executor_input: dict[str, Any], run_name: str,
+                   task_name: str, pipeline_root: str, log: str) -> int:
+    """The pre-cache check (if any), then the main command; the first non-zero exit code."""
+    steps = [container["lifecycle"]["preCacheCheck"]] if "lifecycle" in container else []
+    with open(log, "w") as log_file:
+        for step in [*steps, container]:
+            command = _command(step, executor_input, run_name, task_name, pipeline_root)
+            log_file.write(f"$ {' '.join(command[:3])} ...\n")
+            log_file.flush()
+            try:
+                code = subprocess.call(command, stdout=log_file, stderr=subprocess.STDOUT,
+                                       env=_task_env())
+            except OSError as error:  # e.g. a command this machine does not have
+                log_file.write(f"cannot start {command[0]!r}: {error.strerror}\n")
+                code = 127
+            if code:
+                return code
+    return 0
 
 
 def _executor_input(task: Mapping[str, Any], component: Mapping[str, Any], task_root: str,
