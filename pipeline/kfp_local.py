@@ -63,7 +63,8 @@ def task_order(package: CompiledPackage) -> list[str]:
     """Task names in the DAG's order (dependencies first, ties by name).
 
     Raises:
-        PackageNotRunnable: A resolver or an unknown executor kind, or a cycle.
+        PackageNotRunnable: A resolver or an unknown executor kind, an input that is
+            neither a constant nor another task's output, or a cycle.
     """
     tasks = package.tasks()
     resolvers = sorted(name for name, executor in tasks.items() if "resolver" in executor)
@@ -76,6 +77,8 @@ def task_order(package: CompiledPackage) -> list[str]:
     if unknown:
         raise PackageNotRunnable(f"tasks {', '.join(unknown)} have an executor kind "
                                  "kfp-local cannot run (only container and importer)")
+    for name, task in _dag_tasks(package).items():
+        _check_inputs(name, task, tasks[name])
     upstream = {name: _upstream(task) for name, task in _dag_tasks(package).items()}
     order: list[str] = []
     while len(order) < len(upstream):
@@ -84,6 +87,20 @@ def task_order(package: CompiledPackage) -> list[str]:
             raise PackageNotRunnable("the package's tasks depend on each other in a cycle")
         order.append(ready[0])
     return order
+
+
+def _check_inputs(name: str, task: Mapping[str, Any], executor: Mapping[str, Any]) -> None:
+    inputs = task.get("inputs", {})
+    for key, source in inputs.get("parameters", {}).items():
+        if "constant" not in source.get("runtimeValue", {}):
+            raise PackageNotRunnable(f"task {name}: parameter {key} is not a constant "
+                                     f"({', '.join(source)}); kfp-local runs constants only")
+    for key, source in inputs.get("artifacts", {}).items():
+        if "taskOutputArtifact" not in source:
+            raise PackageNotRunnable(f"task {name}: input artifact {key} is not another task's "
+                                     f"output ({', '.join(source)}); kfp-local cannot wire it")
+    if "importer" in executor and "constant" not in executor["importer"].get("artifactUri", {}):
+        raise PackageNotRunnable(f"task {name}: the importer has no constant artifactUri")
 
 
 def run_package(package: CompiledPackage, logs_dir: str | None = None,
@@ -190,26 +207,22 @@ def _executor_input(task: Mapping[str, Any], component: Mapping[str, Any], task_
     message = executor_input_utils.construct_executor_input(
         without_artifacts, _constant_parameters(task), task_root)
     executor_input = executor_input_utils.executor_input_to_dict(message, spec)
-    artifacts = {}
-    for key, source in task.get("inputs", {}).get("artifacts", {}).items():
-        if "taskOutputArtifact" not in source:
-            raise PackageNotRunnable(f"input artifact {key} of a task is not another task's "
-                                     f"output ({', '.join(source)}); kfp-local cannot wire it")
-        wiring = source["taskOutputArtifact"]
-        artifacts[key] = outputs[wiring["producerTask"]][wiring["outputArtifactKey"]]
+    artifacts = {key: _upstream_artifacts(outputs, source["taskOutputArtifact"])
+                 for key, source in task.get("inputs", {}).get("artifacts", {}).items()}
     if artifacts:
         executor_input.setdefault("inputs", {})["artifacts"] = artifacts
     return executor_input
 
 
+def _upstream_artifacts(outputs: Mapping[str, Mapping[str, Any]], wiring: Mapping[str, str]
+                        ) -> dict[str, Any]:
+    """The ArtifactList an upstream task produced under one output key."""
+    return outputs[wiring["producerTask"]][wiring["outputArtifactKey"]]
+
+
 def _constant_parameters(task: Mapping[str, Any]) -> dict[str, Any]:
-    parameters = {}
-    for key, source in task.get("inputs", {}).get("parameters", {}).items():
-        if "constant" not in source.get("runtimeValue", {}):
-            raise PackageNotRunnable(f"parameter {key} of a task is not a constant "
-                                     f"({', '.join(source)}); kfp-local runs constants only")
-        parameters[key] = source["runtimeValue"]["constant"]
-    return parameters
+    return {key: source["runtimeValue"]["constant"]  # checked by task_order
+            for key, source in task.get("inputs", {}).get("parameters", {}).items()}
 
 
 def _command(step: Mapping[str, Any], executor_input: dict[str, Any], run_name: str,
@@ -231,10 +244,8 @@ def _task_env() -> dict[str, str]:
 
 def _import(importer: Mapping[str, Any], component: Mapping[str, Any]) -> dict[str, Any]:
     """An importer's output: one artifact at its constant URI."""
-    uri = importer.get("artifactUri", {}).get("constant")
-    if not isinstance(uri, str):
-        raise PackageNotRunnable("an importer task has no constant artifactUri")
-    artifact = {"name": "", "type": importer["typeSchema"], "uri": uri,
+    artifact = {"name": "", "type": importer["typeSchema"],
+                "uri": importer["artifactUri"]["constant"],
                 "metadata": importer.get("metadata", {})}
     keys = component.get("outputDefinitions", {}).get("artifacts", {}) or {"artifact": None}
     return {key: {"artifacts": [artifact]} for key in keys}

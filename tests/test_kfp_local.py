@@ -176,6 +176,18 @@ def test_resolver_tasks_are_refused_before_anything_runs(tmp_path, capsys):
     assert not (tmp_path / "root").exists()
 
 
+def test_a_parameter_that_is_not_a_constant_is_refused_before_anything_runs(tmp_path, capsys):
+    write = {"Write": {"componentRef": {"name": "comp-write"}, "inputs": {"parameters": {
+        "word": {"componentInputParameter": "word"}}}}}
+
+    assert cli.main(["kfp-local", _write_package(tmp_path, write)]) == 2
+
+    assert capsys.readouterr().err == (
+        "error: task Write: parameter word is not a constant (componentInputParameter); "
+        "kfp-local runs constants only\n")
+    assert not (tmp_path / "root").exists()
+
+
 def test_a_missing_package_is_one_line(tmp_path, capsys):
     missing = str(tmp_path / "nowhere.yaml")
 
