@@ -1,4 +1,4 @@
-"""`transferline compile | submit | schedule`: the pipeline on Kubeflow Pipelines.
+"""`transferline compile | submit | schedule | kfp-local`: the pipeline on Kubeflow Pipelines.
 
 Only argparse and the settings table are imported here; the handlers import the
 compiler and the KFP client, so `transferline --help` stays fast. The settings flags
@@ -27,7 +27,7 @@ HOST_ENV = "KF_PIPELINES_ENDPOINT"  # kfp.Client's own variable
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Adds the compile, submit and schedule subcommands."""
+    """Adds the compile, submit, schedule and kfp-local subcommands."""
     compile_ = subparsers.add_parser(
         "compile", help="compile the pipeline for Kubeflow Pipelines (KFP v2 IR)"
     )
@@ -62,6 +62,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     schedule.add_argument("--catchup", action="store_true",
                           help="start the runs missed while the schedule was paused")
     settings.add_settings_flags(schedule, settings.SECTIONS)
+
+    kfp_local = subparsers.add_parser(
+        "kfp-local", help="run a compiled package on this machine, task by task (a pre-flight "
+                          "check; no KFP cache, resources, retries or pods)"
+    )
+    kfp_local.set_defaults(handler=_kfp_local)
+    kfp_local.add_argument("package", metavar="PACKAGE",
+                           help="a package from `transferline compile --no-baseline`")
+    kfp_local.add_argument("--logs", metavar="DIR",
+                           help="one <task>.log per task (default: "
+                                "<pipeline root>/kfp-local-logs)")
 
 
 def _add_upload_flags(parser: argparse.ArgumentParser) -> None:
@@ -134,6 +145,20 @@ def _schedule(args: argparse.Namespace) -> int:
     except ValueError as error:
         return _fail(error, EXIT_BAD_INPUT)
     return _with_package(args, upload)
+
+
+def _kfp_local(args: argparse.Namespace) -> int:
+    from pipeline import kfp_local, kubeflow_compile
+
+    try:
+        results = kfp_local.run_package(kubeflow_compile.load_package(args.package), args.logs)
+    except ValueError as error:
+        return _fail(error, EXIT_BAD_INPUT)
+    failed = results[-1]
+    if not failed.ok:
+        print(f"error: task {failed.name} failed; log: {failed.log}", file=sys.stderr)
+        return EXIT_KUBEFLOW_FAILED
+    return 0
 
 
 def _with_package(args: argparse.Namespace, upload: Callable[[str, str], None]) -> int:
