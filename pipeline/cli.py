@@ -142,7 +142,7 @@ def _run(args: argparse.Namespace) -> int:
             gate=configs[settings.GATE],
             beam_pipeline_args=args.beam_arg or local_runner.DEFAULT_BEAM_ARGS,
         )
-    except local_runner.WorkdirBusyError as error:  # Another run holds the workdir: none ran.
+    except workdir_lock.WorkdirBusyError as error:  # A run took the workdir since the probe.
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as error:  # noqa: BLE001 (one line instead of a traceback; --verbose shows it)

@@ -154,9 +154,9 @@ def _kfp_local(args: argparse.Namespace) -> int:
         results = kfp_local.run_package(kubeflow_compile.load_package(args.package), args.logs)
     except ValueError as error:
         return _fail(error, EXIT_BAD_INPUT)
-    failed = results[-1]
-    if not failed.ok:
-        print(f"error: task {failed.name} failed; log: {failed.log}", file=sys.stderr)
+    failed = [result for result in results if not result.ok]
+    if failed:
+        print(f"error: task {failed[0].name} failed; log: {failed[0].log}", file=sys.stderr)
         return EXIT_KUBEFLOW_FAILED
     return 0
 

@@ -21,7 +21,6 @@ from pipeline import workdir_lock
 from pipeline.names import PIPELINE_NAME
 from pipeline.pipeline import create_pipeline
 from pipeline.reporting import run_summary, runs
-from pipeline.workdir_lock import WorkdirBusyError as WorkdirBusyError  # run_local raises it
 from trainer.config import TrainingConfig
 
 DEFAULT_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
