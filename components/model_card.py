@@ -42,6 +42,7 @@ every CommonMark renderer prints it as text.
 from __future__ import annotations
 
 import dataclasses
+import html
 import os
 import re
 import shlex
@@ -539,14 +540,13 @@ def _number(value: float | None) -> str:
 
 _LINE_BREAKS = re.compile(r"\r\n|[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]")
 _BACKSLASHED = re.compile(r"[\\`*#~]|\](?=[(\[])|(?<![^\W_])_|_(?![^\W_])")
-_ENTITIES = {"<": "&lt;", ">": "&gt;", "&": "&amp;"}
 
 
 def _text(value: object) -> str:
     """A quoted value as Markdown text that shows it as it is and forms nothing
     (the module docstring has the scheme)."""
     text = _LINE_BREAKS.sub(" ", "" if value is None else str(value))
-    text = re.sub(r"[<>&]", lambda m: _ENTITIES[m.group()], text)
+    text = html.escape(text, quote=False)  # `&`, `<` and `>` as entities
     return _BACKSLASHED.sub(lambda m: "\\" + m.group(), text)
 
 
