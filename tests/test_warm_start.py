@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import re
 
 import numpy as np
@@ -98,14 +99,14 @@ def trained(tmp_path_factory):
     return config, fn_args, history
 
 
-def test_training_saves_a_checkpoint_beside_the_serving_model(trained):
+def test_training_saves_a_checkpoint_inside_the_serving_model(trained):
     config, fn_args, history = trained
-    folder = warm_start.warm_start_dir(fn_args.serving_model_dir)
+    folder = os.path.join(fn_args.serving_model_dir, "assets.extra", "warm_start")
     assert tf.io.gfile.exists(folder + "/weights.index")
     manifest = json.loads(open(folder + "/manifest.json").read())
     assert manifest["backbone_saved"] is True and manifest["class_names"] == CLASSES
     assert history["warm_start"] == {"from": None, "used": False,
-                                     "reason": "no model was blessed before this data"}
+                                     "reason": "no model was being served when this data arrived"}
 
 
 def test_restore_loads_the_head_and_fine_tuned_backbone(trained):

@@ -239,8 +239,8 @@ class TrainingConfig:
             "on" or "off". The exported model always computes in float32.
         seed: Seed for initialisation, shuffling, dropout and augmentation.
         export: How the model is exported: pixel budget, optional TFLite.
-        warm_start: Start from the head (and fine-tuned backbone) of the last
-            model blessed before this data arrived, when it has the same
+        warm_start: Start from the head (and fine-tuned backbone) of the
+            version being served when this data arrived, when it has the same
             backbone, cut, image size, head shape and classes (see
             `trainer.warm_start`); false always trains from scratch.
     """

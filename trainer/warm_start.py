@@ -1,17 +1,19 @@
-"""Warm start: begin training from the weights of an earlier blessed model.
+"""Warm start: begin training from the weights of the model being served.
 
-Every Trainer run saves, beside its exported SavedModel (the Model artifact's
-`Format-Serving/`), a `warm_start/` folder: a `tf.train.Checkpoint` of the head's
-weights (and of the backbone's, when they differ from the pretrained ones because
-of fine-tuning) and a manifest of what they fit. The Evaluator and the Pusher
-read `Format-Serving/` only, so the folder changes nothing for them.
+Every Trainer run saves, inside its exported SavedModel (the Model artifact's
+`Format-Serving/`), an `assets.extra/warm_start/` folder: a `tf.train.Checkpoint`
+of the head's weights (and of the backbone's, when they differ from the
+pretrained ones because of fine-tuning) and a manifest of what they fit. TF
+Serving, TFMA and TFLite conversion ignore `assets.extra/`; the Pusher copies it
+with the version, so every served version can start the next training.
 
-The pipeline hands the Trainer the last model blessed before the training data
-arrived as `fn_args.base_model` (its `Format-Serving/` path). When that model's
-backbone, weights, cut, image size and head shape match this run's settings, and
-its classes are this run's (in any order), the head (and the fine-tuned backbone)
-start from its weights; otherwise training starts from scratch. Either way the
-decision is recorded in the training history under `warm_start`.
+The pipeline hands the Trainer the version served when its training data arrived
+(`components.served_model`, copied into a Model's `Format-Serving/`) as
+`fn_args.base_model`. When that model's backbone, weights, cut, image size and
+head shape match this run's settings, and its classes are this run's (in any
+order), the head (and the fine-tuned backbone) start from its weights;
+otherwise training starts from scratch. Either way the decision is recorded in
+the training history under `warm_start`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import tensorflow as tf
 
 from trainer.classifier import ClassifierParts
 from trainer.config import TrainingConfig
+from trainer.export import ASSETS_EXTRA
 
 WARM_START_DIR = "warm_start"
 MANIFEST_FILE = "manifest.json"
@@ -89,8 +92,8 @@ def mismatch(saved: Manifest, current: Manifest) -> str | None:
 
 
 def warm_start_dir(serving_model_dir: str) -> str:
-    """The `warm_start/` folder beside a model's `Format-Serving/` folder."""
-    return os.path.join(os.path.dirname(serving_model_dir.rstrip("/")), WARM_START_DIR)
+    """The `assets.extra/warm_start/` folder inside an exported SavedModel."""
+    return os.path.join(serving_model_dir, ASSETS_EXTRA, WARM_START_DIR)
 
 
 def restore(base_model: str | None, parts: ClassifierParts, config: TrainingConfig,
@@ -112,12 +115,14 @@ def restore(base_model: str | None, parts: ClassifierParts, config: TrainingConf
     record: dict[str, Any] = {"from": source, "used": False}
     if not config.warm_start:
         return {**record, "reason": "warm_start is off"}
-    if base_model is None:
-        return {**record, "reason": "no model was blessed before this data"}
+    if base_model is None or not tf.io.gfile.exists(base_model):  # a ServedModel of nothing
+        return {"from": None, "used": False,
+                "reason": "no model was being served when this data arrived"}
     folder = warm_start_dir(base_model)
     manifest_path = os.path.join(folder, MANIFEST_FILE)
     if not tf.io.gfile.exists(manifest_path):
-        return {**record, "reason": f"the base model has no {WARM_START_DIR}/{MANIFEST_FILE}"}
+        return {**record, "reason": f"the base model has no {ASSETS_EXTRA}/{WARM_START_DIR}/"
+                                    f"{MANIFEST_FILE}"}
     with tf.io.gfile.GFile(manifest_path) as f:
         saved = Manifest.from_json(f.read())
     reason = mismatch(saved, Manifest.for_run(config, class_names))
