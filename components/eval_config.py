@@ -33,7 +33,7 @@ def make_eval_config(
     All are TFMA-native, so no Keras metric is compiled.
 
     The gate: overall accuracy at least `min_accuracy`, and no drop of more than
-    `max_accuracy_drop` against the last blessed model; with `min_class_recall`,
+    `max_accuracy_drop` against the version being served; with `min_class_recall`,
     every class's recall at least that. Without a `baseline` model the
     no-regression bound is left out (TFMA refuses a change threshold then).
 

@@ -19,7 +19,7 @@ from tfx.orchestration.portable import runtime_parameter_utils, tfx_runner
 from components.config import GateConfig, IngestConfig
 from pipeline import workdir_lock
 from pipeline.names import PIPELINE_NAME
-from pipeline.pipeline import create_pipeline
+from pipeline.pipeline import ALWAYS_RUN_IDS, create_pipeline
 from pipeline.reporting import run_summary, runs
 from trainer.config import TrainingConfig
 
@@ -92,7 +92,7 @@ def run_local(
             metadata_connection_config=metadata_config,
             beam_pipeline_args=beam_pipeline_args,
         )
-        run_pipeline(pipeline, started.run_id)
+        run_pipeline(pipeline, started.run_id, always_run=ALWAYS_RUN_IDS)
         run = runs.find_run(started.store, PIPELINE_NAME, started.run_id)
         summary = run_summary.build_summary(run)
         with open(layout.summary_path, "w") as f:
@@ -130,14 +130,20 @@ def new_run_id() -> str:
     return datetime.datetime.now().isoformat()
 
 
-def run_pipeline(pipeline: tfx.dsl.Pipeline, run_id: str) -> None:
+def run_pipeline(pipeline: tfx.dsl.Pipeline, run_id: str, always_run: Sequence[str] = ()
+                 ) -> None:
     """Runs `pipeline` with LocalDagRunner as the run `run_id` (its `pipeline_run` context).
 
     `LocalDagRunner.run` would pick the id itself; the IR is compiled here as it
     compiles it, the id substituted first (`run_with_ir` then finds nothing left
-    to substitute), so the caller knows which run is its own.
+    to substitute), so the caller knows which run is its own. The nodes in
+    `always_run` get their cache switched off in the IR (TFX's per-node caching
+    option, which the DSL sets only pipeline-wide), so they execute every time.
     """
     ir = tfx_runner._make_pipeline_proto(pipeline)  # what LocalDagRunner.run compiles
+    for node in ir.nodes:
+        if node.pipeline_node.node_info.id in always_run:
+            node.pipeline_node.execution_options.caching_options.enable_cache = False
     runtime_parameter_utils.substitute_runtime_parameter(
         ir, {compiler_constants.PIPELINE_RUN_ID_PARAMETER_NAME: run_id}
     )

@@ -20,8 +20,8 @@ from components.image_folder_example_gen import (
     make_output_config,
     make_range_config,
 )
+from components.served_model import BASELINE_ROLE, WARM_START_ROLE, Evaluator, ServedModel
 from components.serving_pusher import KEEP_VERSIONS_KEY, ServingPusher
-from pipeline.warm_start_resolver import BlessedBeforeDataStrategy
 from trainer import features
 from trainer.config import TrainingConfig
 
@@ -36,15 +36,17 @@ EXAMPLE_VALIDATOR = "ExampleValidator"
 DATA_GATE = "DataGate"
 TRANSFORM = "Transform"
 TRAINER = "Trainer"
-BASELINE_RESOLVER = "LatestBlessedModelResolver"
-WARM_START_RESOLVER = "WarmStartModelResolver"
+WARM_START_MODEL = "WarmStartModel"
+SERVING_BASELINE = "ServingBaseline"
 EVALUATOR = "Evaluator"
 PUSHER = "Pusher"
 NODE_IDS = (
     EXAMPLE_GEN, STATISTICS_GEN, SCHEMA_GEN, EXAMPLE_VALIDATOR, DATA_GATE, TRANSFORM,
-    WARM_START_RESOLVER, TRAINER, BASELINE_RESOLVER, EVALUATOR, PUSHER,
+    WARM_START_MODEL, TRAINER, SERVING_BASELINE, EVALUATOR, PUSHER,
 )
-RESOLVER_IDS = (WARM_START_RESOLVER, BASELINE_RESOLVER)
+# Nodes that run on every run whatever the cache holds: the baseline is the
+# version serving now, not the one a cached execution saw.
+ALWAYS_RUN_IDS = (SERVING_BASELINE,)
 
 
 def _every_output_of(node_id: str, output_key: str, artifact_type: type) -> tfx.dsl.Channel:
@@ -86,15 +88,16 @@ def create_pipeline(
         metadata_connection_config: ML Metadata store; None leaves it to the runner.
         beam_pipeline_args: Passed to every Beam-based component.
         platform_configs: Orchestrator resource requests by node id (for Kubeflow
-            V2, a `PipelineContainerSpec.ResourceSpec`, e.g. GPUs for the Trainer).
+            V2, a `PipelineContainerSpec.ResourceSpec`, e.g. GPUs for the Trainer);
+            one for a node these settings leave out is ignored.
         enable_cache: Reuse outputs of nodes whose inputs did not change.
         layout: The data folder's layout, one of components.image_folder.LAYOUTS
             (e.g. "classes", "presplit-test", "span-classes"); None lists
             `data_root` to find it, which an object store may not allow.
-        baseline: Evaluate against the last blessed model (a Resolver node) and
-            refuse a regression from it. False leaves the resolver out and keeps
-            only the absolute bounds: open-source Kubeflow Pipelines 2.x runs no
-            resolver tasks.
+        baseline: Evaluate against the version being served (read from
+            `serving_model_dir` by a ServedModel node on every run) and refuse a
+            regression from it. False leaves the node out and keeps only the
+            absolute bounds.
 
     Returns:
         The TFX pipeline.
@@ -184,18 +187,17 @@ def create_pipeline(
     ).with_id(TRANSFORM)
     components.append(transform)
 
-    # The last model blessed before this data arrived, to start training from
-    # (the same on every re-run of unchanged data, so the Trainer stays cached).
+    # The version served when this data arrived, to start training from: read with
+    # the training examples as input, so it is cached with them (a re-run of unchanged
+    # data hands the Trainer the same base model, and the Trainer stays cached).
     warm_start_model = None
     if training.warm_start:
-        warm_start_resolver = tfx.dsl.Resolver(
-            strategy_class=BlessedBeforeDataStrategy,
-            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        warm_start_source = ServedModel(
+            serving_model_dir=serving_model_dir, role=WARM_START_ROLE,
             examples=training_examples,
-        ).with_id(WARM_START_RESOLVER)
-        components.append(warm_start_resolver)
-        warm_start_model = warm_start_resolver.outputs[keys.MODEL_KEY]
+        ).with_id(WARM_START_MODEL)
+        components.append(warm_start_source)
+        warm_start_model = warm_start_source.outputs[keys.MODEL_KEY]
 
     # Train a new head on the frozen pretrained backbone (from the base model's if it fits).
     trainer = tfx.components.Trainer(
@@ -210,23 +212,24 @@ def create_pipeline(
     ).with_id(TRAINER)
     components.append(trainer)
 
-    # The last blessed model is the baseline the candidate must not regress from.
+    # The version serving now is the baseline the candidate must not regress from:
+    # read on every run (see ALWAYS_RUN_IDS), once the candidate is trained; with
+    # none yet, absolute bounds only.
     baseline_model = None
     if baseline:
-        baseline_resolver = tfx.dsl.Resolver(
-            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-        ).with_id(BASELINE_RESOLVER)
-        components.append(baseline_resolver)
-        baseline_model = baseline_resolver.outputs[keys.MODEL_KEY]
+        serving_baseline = ServedModel(
+            serving_model_dir=serving_model_dir, role=BASELINE_ROLE
+        ).with_id(SERVING_BASELINE)
+        serving_baseline.add_upstream_node(trainer)
+        components.append(serving_baseline)
+        baseline_model = serving_baseline.outputs[keys.MODEL_KEY]
 
     # Bless the candidate only if it clears the absolute and no-regression bounds.
     eval_config = make_eval_config(
         gate, num_classes=None if layout else count_classes(data_root, ingest.span),
         baseline=baseline,
     )
-    evaluator = tfx.components.Evaluator(
+    evaluator = Evaluator(
         examples=example_gen.outputs[keys.EXAMPLES_KEY],
         model=trainer.outputs[keys.MODEL_KEY],
         baseline_model=baseline_model,
@@ -251,10 +254,11 @@ def create_pipeline(
     components.append(pusher)
 
     for node_id, platform_config in (platform_configs or {}).items():
-        node = next((c for c in components if c.id == node_id), None)
-        if node is None:
+        if node_id not in NODE_IDS:
             raise ValueError(f"platform_configs names unknown node {node_id!r}; nodes: {NODE_IDS}")
-        node.with_platform_config(platform_config)
+        for node in components:  # a node these settings leave out gets none
+            if node.id == node_id:
+                node.with_platform_config(platform_config)
 
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,

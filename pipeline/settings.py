@@ -111,7 +111,7 @@ FLAGS: tuple[SettingFlag, ...] = (
     SettingFlag("--tflite", TRAINING, "export.tflite", help="also export a TFLite model beside "
         "the SavedModel, checked to agree", switch=True),
     SettingFlag("--no-warm-start", TRAINING, "warm_start",
-        help="train from scratch, not from the last blessed model's weights", switch=False),
+        help="train from scratch, not from the served version's weights", switch=False),
     # ingest: components.config.IngestConfig
     SettingFlag("--eval-percent", INGEST, "eval_percent", int,
         "eval share when the folder is not split (default {default})", metavar="N"),
@@ -134,7 +134,7 @@ FLAGS: tuple[SettingFlag, ...] = (
     SettingFlag("--min-accuracy", GATE, "min_accuracy", float,
         "absolute blessing bound (default {default})", metavar="X"),
     SettingFlag("--max-accuracy-drop", GATE, "max_accuracy_drop", float,
-        "largest accepted accuracy drop against the last blessed model (default {default})",
+        "largest accepted accuracy drop against the version being served (default {default})",
         metavar="X"),
     SettingFlag("--min-class-recall", GATE, "min_class_recall", float,
         "blessing bound on every class's recall, 0 for none (default {default})", metavar="X"),
@@ -179,10 +179,11 @@ FLAGS: tuple[SettingFlag, ...] = (
         "mount a PersistentVolumeClaim in every task pod, repeatable (needs .yaml)",
         metavar="CLAIM:/PATH", repeatable=True),
     SettingFlag("--no-cache", KUBEFLOW, "enable_cache",
-        help="compile with KFP caching off (advised for schedules)", switch=False),
+        help="compile with KFP caching off for every task (the ExampleGen and the baseline "
+        "always run)", switch=False),
     SettingFlag("--no-baseline", KUBEFLOW, "baseline",
-        help="no resolver tasks (open-source Kubeflow Pipelines runs none): the Evaluator "
-        "applies the absolute bounds only, not the no-regression one", switch=False),
+        help="no baseline: the Evaluator applies the absolute bounds only, not the "
+        "no-regression check against the version being served", switch=False),
 )
 
 

@@ -15,6 +15,7 @@ import sys
 import time
 
 import pytest
+from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 from tfx.types.standard_artifacts import String
@@ -64,11 +65,28 @@ def _metadata_config(workdir: str) -> metadata_store_pb2.ConnectionConfig:
     )
 
 
-def run_tiny(workdir: str) -> local_runner.StartedRun:
+def run_tiny(workdir: str, always_run: tuple[str, ...] = ()) -> local_runner.StartedRun:
     """Runs the tiny pipeline as `run_local` runs ours."""
     with local_runner.start_run(workdir, _metadata_config(workdir)) as started:
-        local_runner.run_pipeline(_tiny_pipeline(workdir), started.run_id)
+        local_runner.run_pipeline(_tiny_pipeline(workdir), started.run_id, always_run)
     return started
+
+
+def _states(workdir: str, run_id: str) -> dict[str, str]:
+    store = metadata_store.MetadataStore(_metadata_config(workdir))
+    run = runs.find_run(store, _TINY_PIPELINE, run_id)
+    return {execution.node_id: execution.state for execution in run.executions}
+
+
+def test_an_always_run_node_executes_on_every_run_and_the_rest_is_cached(tmp_path):
+    first = run_tiny(str(tmp_path))
+    cached = run_tiny(str(tmp_path))
+    forced = run_tiny(str(tmp_path), always_run=("Produce",))
+
+    assert _states(str(tmp_path), first.run_id) == {"Produce": "COMPLETE", "Consume": "COMPLETE"}
+    assert _states(str(tmp_path), cached.run_id) == {"Produce": "CACHED", "Consume": "CACHED"}
+    # Produce ran again, so Consume got a new input and ran too.
+    assert _states(str(tmp_path), forced.run_id) == {"Produce": "COMPLETE", "Consume": "COMPLETE"}
 
 
 def _child(code: str, **env: str) -> subprocess.Popen:

@@ -18,6 +18,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CACHED_ON_RERUN = (
     pipeline_def.EXAMPLE_GEN,
+    pipeline_def.WARM_START_MODEL,
     pipeline_def.STATISTICS_GEN,
     pipeline_def.SCHEMA_GEN,
     pipeline_def.TRANSFORM,
@@ -72,6 +73,14 @@ def test_run_pushes_a_serving_model_once_and_reruns_from_cache(shared_run):
     assert rerun.summary["pushed_model"] == str(version)
     assert rerun.summary["pushed_this_run"] is False
     assert "already serves" in rerun.printed
+    # The first run had nothing to compare with; the re-run compares with what serves
+    # now (the baseline is read on every run, cache or not).
+    assert summary["baseline"] == {"served_version": None, "from": None,
+                                   "note": "no model was being served: absolute bounds only"}
+    assert "  baseline:   none: no model was being served: absolute bounds only" in printed
+    assert rerun.nodes[pipeline_def.SERVING_BASELINE].state == "COMPLETE"
+    assert rerun.summary["baseline"] == {"served_version": int(version.name),
+                                         "from": str(version)}
 
     # Each run's summary is its own run's, named by the run id ML Metadata recorded.
     run_contexts = mlmd_testing.store(workdir).get_contexts_by_type("pipeline_run")

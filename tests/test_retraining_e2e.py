@@ -63,9 +63,11 @@ def test_spans_push_once_retrain_against_the_baseline_and_gate_bad_data(tmp_path
     assert first["span"] == 1 and first["blessed"] and first["pushed_this_run"]
     assert first["data_gate"] == {"compared_span": None, "label_drift": None}
     (version_1,) = _versions(workdir)
-    history, span_1_model = _trainer_history(mlmd_testing.latest_run(workdir))
+    history, _ = _trainer_history(mlmd_testing.latest_run(workdir))
     assert history["warm_start"] == {"from": None, "used": False,
-                                     "reason": "no model was blessed before this data"}
+                                     "reason": "no model was being served when this data arrived"}
+    assert first["baseline"] == {"served_version": None, "from": None,
+                                 "note": "no model was being served: absolute bounds only"}
 
     # The same data again: served from cache, nothing new pushed.
     assert cli.main(argv) == 0
@@ -87,9 +89,16 @@ def test_spans_push_once_retrain_against_the_baseline_and_gate_bad_data(tmp_path
     assert second["data_gate"]["label_drift"] == pytest.approx(0.0, abs=0.2)
     assert len(_inputs(store, pipeline_def.TRAINER, "examples")) == 2  # spans 1 and 2
     assert len(_inputs(store, pipeline_def.EVALUATOR, "baseline_model")) == 1
-    # The Trainer started from the span-1 model's head (same backbone, head and classes).
+    # The Trainer started from the served span-1 version's head (same backbone, head
+    # and classes), copied by the WarmStartModel node; the Evaluator compared with it.
     history, _ = _trainer_history(records)
-    assert history["warm_start"] == {"from": span_1_model, "used": True, "backbone": False}
+    (warm_start_source,) = records[pipeline_def.WARM_START_MODEL].outputs["model"]
+    assert warm_start_source.custom_properties["served_version"].int_value == int(version_1)
+    assert history["warm_start"] == {"from": warm_start_source.uri, "used": True,
+                                     "backbone": False}
+    assert second["baseline"] == {
+        "served_version": int(version_1),
+        "from": str(workdir / "serving" / "transferline" / version_1)}
     assert second["pushed_this_run"] == second["blessed"]
     assert len(_versions(workdir)) == (2 if second["blessed"] else 1)
     versions = _versions(workdir)
