@@ -383,9 +383,9 @@ def _evaluation(facts: ModelCardFacts) -> str:
 def _gate(facts: ModelCardFacts) -> str:
     decision = {True: "**blessed**", False: "**not blessed**", None: NOT_RECORDED}[facts.blessed]
     baseline = (
-        f"against the last blessed model {_code(facts.baseline_model)}"
+        f"against the model being served, scored from {_code(facts.baseline_model)}"
         if facts.baseline_model
-        else "with no earlier blessed model to compare against"
+        else "with no model being served to compare against"
     )
     text = f"## Gate decision\n\nThe Evaluator's decision: {decision}, {baseline}."
     if facts.gate_checks:

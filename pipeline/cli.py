@@ -208,6 +208,12 @@ def _print_run_report(summary: dict, args: argparse.Namespace, seconds: float) -
     top_k = summary["metrics"].get("top_k_accuracy")
     if top_k:
         print(f"  top-{top_k['k']}:      {top_k['value']:.4f}")
+    baseline = summary.get("baseline") or {}
+    if baseline.get("served_version") is not None:
+        print(f"  baseline:   version {baseline['served_version']}, being served "
+              f"({baseline['from']})")
+    elif baseline:
+        print(f"  baseline:   none: {baseline['note']}")
     print(f"  blessed:    {'yes' if summary['blessed'] else 'no'}")
     for failure in failing_checks(summary.get("gate") or {}):
         print(f"  gate:       failed: {failure}")

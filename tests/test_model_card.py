@@ -74,7 +74,8 @@ def test_card_has_every_section_and_the_facts():
     assert "| tulip | 20 | n/a | 0.0000 |" in text
     assert "Eval-split accuracy: **0.9000**" in text
     assert "| top_k_accuracy | 0.9900 |" in text
-    assert "**blessed**, against the last blessed model `/work/pipeline/Trainer/model/3`" in text
+    assert ("**blessed**, against the model being served, scored from "
+            "`/work/pipeline/Trainer/model/3`") in text
     assert "| accuracy (value) | >= 0.5000 | 0.9000 | n/a | pass |" in text
     assert "`epochs=10`, `head.dropout=0.2`" in text
     assert "/v1/models/flowers/versions/1795446713:predict" in text
@@ -175,7 +176,7 @@ def test_the_evaluators_figures_and_gate_fill_the_card():
     assert "| accuracy (value) | >= 0.5000 | 0.8750 | n/a | pass |" in text
     assert "| accuracy (change) | >= baseline - 0.01 (>= 0.7900) | 0.8750 | 0.8000 | pass |" in text
     assert "| accuracy (value, label:cat) | >= 0.8000 | 0.7500 | n/a | FAIL |" in text
-    assert "**blessed**, against the last blessed model `/p/Trainer/model/2`" in text
+    assert "**blessed**, against the model being served, scored from `/p/Trainer/model/2`" in text
 
 
 def test_a_change_check_without_a_baseline_reads_as_not_applied():
@@ -184,7 +185,7 @@ def test_a_change_check_without_a_baseline_reads_as_not_applied():
 
     row = "| accuracy (change) | >= baseline - 0.01 | 0.9000 | n/a | not applied: no baseline yet |"
     assert row in text
-    assert "with no earlier blessed model to compare against" in text
+    assert "with no model being served to compare against" in text
 
 
 def test_write_model_card_may_use_another_file_name(tmp_path):
@@ -272,7 +273,7 @@ def test_quoted_code_keeps_its_fence_and_shell_word():
     assert "# Model card: m &lt;img src=x onerror=alert(1)&gt;, version 7\n" in text
     assert f"| Serving directory | ````/srv/a```b\\|c/m {_IMG}/7```` |" in text
     assert "| Source model artifact | `/p/Trainer/model/7 # owned` |" in text
-    assert "against the last blessed model `` `/p/Trainer/model/3` ``." in text
+    assert "against the model being served, scored from `` `/p/Trainer/model/3` ``." in text
     assert f"Training settings: `note={_IMG}`, `` sh=`x` ``." in text
     assert "| ``serving`default`` | x: string [None] | y: string [None] |" in text
     assert (

@@ -589,16 +589,15 @@ def _gate_section(gate: rd.GateSummary | None) -> str:
     else:
         kind, text = ("ok", "BLESSED") if gate.blessed else ("bad", "NOT BLESSED")
         body.append(f'<p><span class="decision {kind}">{text}</span></p>')
-    if gate.baseline_model_uri:
+    if gate.baseline["served_version"] is not None:
         body.append(
-            f"<p>Baseline: the last blessed model, artifact {gate.baseline_model_id} "
-            f'<span class="path">{_e(gate.baseline_model_uri)}</span>.</p>'
+            f"<p>Baseline: version {gate.baseline['served_version']}, the one being served, "
+            f'from <span class="path">{_e(gate.baseline["from"])}</span> (scored as artifact '
+            f'{gate.baseline_model_id} <span class="path">{_e(gate.baseline_model_uri)}</span>).'
+            "</p>"
         )
     else:
-        body.append(
-            "<p>Baseline: none (no model was blessed before), so only absolute "
-            "thresholds apply.</p>"
-        )
+        body.append(f"<p>Baseline: none: {_e(gate.baseline['note'])}.</p>")
     if gate.checks:
         rows = [
             [

@@ -226,7 +226,10 @@ class GateSummary:
         blessed: The decision; None if no blessing was recorded.
         evaluation_uri: The Evaluator's `evaluation` artifact.
         blessing_uri: Its `blessing` artifact.
-        baseline_model_uri: The model compared against; None for the first.
+        baseline: What it was compared with (`run_summary.baseline_summary`):
+            the served version and its folder, or a note saying why nothing.
+        baseline_model_uri: The copy of the served version the Evaluator
+            scored; None without one.
         baseline_model_id: Its ML Metadata id.
         evaluation: TFMA's figures and the threshold checks
             (`components.tfma_results`); None if they could not be read.
@@ -235,6 +238,7 @@ class GateSummary:
     blessed: bool | None
     evaluation_uri: str | None
     blessing_uri: str | None
+    baseline: Mapping[str, Any]
     baseline_model_uri: str | None
     baseline_model_id: int | None
     evaluation: tfma_results.Evaluation | None
@@ -260,13 +264,16 @@ def gather_gate(
         return None
     evaluation_artifact = run.output(pipeline_def.EVALUATOR, keys.EVALUATION_KEY)
     blessing = run.output(pipeline_def.EVALUATOR, keys.BLESSING_KEY)
-    baseline = run.input(pipeline_def.EVALUATOR, keys.BASELINE_MODEL_KEY)
+    baseline = run_summary.baseline_summary(run)
+    copy = run.input(pipeline_def.EVALUATOR, keys.BASELINE_MODEL_KEY)
+    scored = copy is not None and baseline["served_version"] is not None
     return GateSummary(
         blessed=serving_pusher.blessing_facts(blessing.properties)[0] if blessing else None,
         evaluation_uri=evaluation_artifact.uri if evaluation_artifact else None,
         blessing_uri=blessing.uri if blessing else None,
-        baseline_model_uri=baseline.uri if baseline else None,
-        baseline_model_id=baseline.id if baseline else None,
+        baseline=baseline,
+        baseline_model_uri=copy.uri if scored else None,
+        baseline_model_id=copy.id if scored else None,
         evaluation=evaluation,
     )
 

@@ -18,7 +18,13 @@ from tensorflow_metadata.proto.v0 import statistics_pb2
 from tfx.types import standard_component_specs as keys
 from tfx.utils import path_utils
 
-from components import data_gate, image_folder_example_gen, serving_pusher, tfma_results
+from components import (
+    data_gate,
+    image_folder_example_gen,
+    served_model,
+    serving_pusher,
+    tfma_results,
+)
 from pipeline import pipeline as pipeline_def
 from pipeline.reporting.runs import RunRecord
 from trainer import export
@@ -87,10 +93,31 @@ def build_summary(
         "metrics": evaluation.metrics_json() if evaluation else {},
         "blessed": blessed,
         "gate": evaluation.gate_json(blessed) if evaluation else {},
+        "baseline": baseline_summary(run),
         "pushed_model": serving_pusher.serving_version_dir(pushed.properties) if pushed else None,
         "pushed_this_run": pushed is not None and serving_pusher.pushed_now(pushed.properties),
         "steps": {execution.node_id: execution.state for execution in run.executions},
     }
+
+
+NO_BASELINE_CONFIGURED = "no baseline (--no-baseline): absolute bounds only"
+NOTHING_SERVED = "no model was being served: absolute bounds only"
+
+
+def baseline_summary(run: RunRecord) -> dict[str, Any]:
+    """What the candidate was compared with: the served version, or why nothing.
+
+    {"served_version": N, "from": the version's folder} when the Evaluator had a
+    served version as its baseline; otherwise both None and a `note`.
+    """
+    baseline = run.input(pipeline_def.EVALUATOR, keys.BASELINE_MODEL_KEY)
+    version = served_model.served_version(baseline.properties) if baseline else None
+    if version is not None:
+        return {"served_version": version,
+                "from": baseline.properties.get(served_model.SERVED_FROM_PROPERTY)}
+    note = NOTHING_SERVED if baseline or run.execution(pipeline_def.SERVING_BASELINE) else (
+        NO_BASELINE_CONFIGURED)
+    return {"served_version": None, "from": None, "note": note}
 
 
 def failing_checks(gate: Mapping[str, Any]) -> list[str]:
