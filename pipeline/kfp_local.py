@@ -13,7 +13,7 @@ their artifact from its URI.
 
 Not emulated: KFP's cache, resource requests and limits, retries, pod isolation
 (every task shares this machine's environment and file system). Resolver tasks
-(open-source KFP runs none) are refused: compile with `--no-baseline`.
+(open-source KFP runs none; `transferline compile` emits none) are refused.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def task_order(package: CompiledPackage) -> list[str]:
     if resolvers:
         raise PackageNotRunnable(
             f"resolver tasks {', '.join(resolvers)} do not run outside Vertex AI "
-            "(open-source Kubeflow Pipelines runs none); compile with --no-baseline")
+            "(open-source Kubeflow Pipelines runs none); recompile with `transferline compile`, "
+            "whose baseline and warm start are plain tasks")
     unknown = sorted(name for name, executor in tasks.items()
                      if not {"container", "importer"} & set(executor))
     if unknown:

@@ -8,6 +8,7 @@ compiler and the KFP client, so `transferline --help` stays fast. The settings f
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -69,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     kfp_local.set_defaults(handler=_kfp_local)
     kfp_local.add_argument("package", metavar="PACKAGE",
-                           help="a package from `transferline compile --no-baseline`")
+                           help="a package from `transferline compile`")
     kfp_local.add_argument("--logs", metavar="DIR",
                            help="one <task>.log per task (default: "
                                 "<pipeline root>/kfp-local-logs)")
@@ -214,12 +215,35 @@ def _print_package(path: str, package: CompiledPackage) -> None:
     print(f"  tasks ({len(tasks)}):")
     for name, executor in tasks.items():
         print(f"    {name:<{width}}  {kubeflow_compile.describe_task(executor)}")
-    resolvers = sum("resolver" in executor for executor in tasks.values())
-    if resolvers:
-        print(f"  note: Vertex AI Pipelines runs the {resolvers} resolver tasks; open-source "
-              "Kubeflow Pipelines 2.x does not (see kubeflow/README.md)")
-    print("  note: no warm start in compiled pipelines (training.warm_start finds its base "
-          "model through ML Metadata lineage, which KFP v2 cannot; see kubeflow/README.md)")
+    uncached = package.uncached_tasks()
+    if len(uncached) == len(tasks):
+        print("  KFP cache: off for every task")
+    elif uncached:
+        print(f"  KFP cache: on, except {', '.join(uncached)} (they read the image folder and "
+              "the serving directory, which KFP's cache key cannot see; see kubeflow/README.md)")
+    print(f"  gate: {_gate_line(package)}")
+
+
+def _gate_line(package: CompiledPackage) -> str:
+    """The Evaluator's thresholds as its eval config in the package holds them."""
+    bounds = []
+    for spec in package.eval_config().get("metrics_specs", []):
+        for metric in spec.get("metrics", []):
+            name = json.loads(metric.get("config") or "{}").get("name", metric["class_name"])
+            for per_slice in metric.get("per_slice_thresholds", []):
+                where = "per class" if any(s.get("feature_keys") for s in
+                                           per_slice["slicing_specs"]) else "overall"
+                threshold = per_slice["threshold"]
+                if "value_threshold" in threshold:
+                    bound = threshold["value_threshold"]["lower_bound"]
+                    bounds.append(f"{name} {where} >= {bound:g}")
+                if "change_threshold" in threshold:
+                    change = threshold["change_threshold"]["absolute"]
+                    bounds.append(f"{name} {where} change >= {change:+.4f} against the version "
+                                  "being served (absolute bounds only while none is)")
+    if not any("change" in bound for bound in bounds):
+        bounds.append("no baseline (--no-baseline): no no-regression check")
+    return "; ".join(bounds)
 
 
 def _print_upload(result: dict[str, Any], pipeline_name: str) -> None:

@@ -67,10 +67,12 @@ def compile_pipeline(
     Returns:
         The PipelineJob as a dict (`pipelineSpec` inside).
 
-    Warm start is off in the compiled pipeline: it resolves its base model from
-    ML Metadata's lineage (`pipeline.warm_start_resolver`), and KFP v2 runs only
-    TFX's two canned resolver strategies. A rolling window of spans
-    (`ingest.span_window` > 1) is refused for the same reason.
+    The baseline and the warm-start source are ServedModel tasks reading the
+    serving directory (`components.served_model`), plain containers that every
+    Kubeflow Pipelines runs. KFP's cache is switched off for the tasks in
+    `UNCACHED_TASKS` (see there). A rolling window of spans
+    (`ingest.span_window` > 1) is refused: it is resolved from ML Metadata by an
+    input-resolution function, which KFP v2 cannot run.
 
     Raises:
         ValueError: A setting is impossible, the data folder cannot be listed for
@@ -96,15 +98,13 @@ def compile_pipeline(
             f"data_root {config.data_root!r} is not a folder this machine can list; "
             "layout 'auto' needs it at compile time (or give the layout, e.g. 'classes')"
         )
-    # Resolvers have no container, so nothing to size.
-    container_nodes = [n for n in transferline.NODE_IDS if n not in transferline.RESOLVER_IDS]
-    resources = resource_specs(config, container_nodes, transferline.TRAINER)
+    resources = resource_specs(config, transferline.NODE_IDS, transferline.TRAINER)
     tfx_pipeline = transferline.create_pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         data_root=config.data_root,
         serving_model_dir=config.serving_model_dir,
-        training=dataclasses.replace(training or TrainingConfig(), warm_start=False),
+        training=training or TrainingConfig(),
         ingest=ingest,
         gate=gate or GateConfig(),
         beam_pipeline_args=config.beam_pipeline_args,
@@ -132,9 +132,26 @@ def compile_pipeline(
     # TFX 1.16 drops platform_config for FileBasedExampleGen (step_builder builds its
     # container without it), and ExampleGen decodes every image: restore its request.
     _set_task_resources(spec, transferline.EXAMPLE_GEN, resources[transferline.EXAMPLE_GEN])
+    for task in uncached_tasks(transferline.EXAMPLE_GEN, transferline.ALWAYS_RUN_IDS):
+        spec["root"]["dag"]["tasks"].get(task, {}).pop("cachingOptions", None)
     spec["defaultPipelineRoot"] = config.pipeline_root
     write_package(job, output, platform_spec=_pvc_platform_spec(spec, config.volume_mounts))
     return job
+
+
+def uncached_tasks(example_gen: str, always_run: Sequence[str]) -> tuple[str, ...]:
+    """The tasks compiled with KFP's cache off, whatever `enable_cache` says.
+
+    KFP keys its cache on a task's inputs and parameters. The ExampleGen has no
+    inputs, and its parameters name the image folder, not what is in it; the
+    pre-cache-check TFX emits to fingerprint the folder is TFX's generic
+    FileBasedDriver, which stats only what the split pattern matches (the class
+    folders, not the images), and open-source Kubeflow Pipelines is not known to
+    run it. A cached ExampleGen would hand a new image folder's run the old
+    examples, so it always runs (and with new examples, every task after it
+    does too). The nodes the pipeline always runs (the served baseline) too.
+    """
+    return (example_gen, *always_run)
 
 
 def _set_task_resources(spec: dict[str, Any], task: str, resources: ResourceSpec) -> None:
@@ -188,6 +205,20 @@ class CompiledPackage:
     @property
     def name(self) -> str:
         return self.spec["pipelineInfo"]["name"]
+
+    def eval_config(self) -> dict[str, Any]:
+        """The Evaluator task's EvalConfig (its JSON form); empty if it has none."""
+        for _, task in sorted(self.spec["root"]["dag"]["tasks"].items()):
+            constant = (task.get("inputs", {}).get("parameters", {}).get("eval_config", {})
+                        .get("runtimeValue", {}).get("constant"))
+            if constant and "model_specs" in constant:
+                return json.loads(constant)
+        return {}
+
+    def uncached_tasks(self) -> list[str]:
+        """Tasks KFP's cache never serves (all of them for a --no-cache package)."""
+        return [name for name, task in sorted(self.spec["root"]["dag"]["tasks"].items())
+                if not task.get("cachingOptions", {}).get("enableCache")]
 
     def tasks(self) -> dict[str, dict[str, Any]]:
         """Task name -> its executor spec (container, resolver or importer)."""

@@ -58,9 +58,9 @@ class KubeflowConfig:
         beam_pipeline_args: Beam arguments for every Beam-based node (e.g.
             --runner=DataflowRunner --project=... --region=... --temp_location=gs://...).
         enable_cache: Let KFP reuse outputs of unchanged tasks.
-        baseline: Evaluate against the last blessed model, found by resolver
-            tasks (Vertex AI Pipelines runs them); false compiles no resolver and
-            keeps only the absolute gate bounds (open-source Kubeflow Pipelines).
+        baseline: Evaluate against the version being served (a ServingBaseline
+            task reads it from the serving directory); false leaves it out and
+            keeps only the absolute gate bounds.
         pvc_mounts: "CLAIM:/mount/path" entries: PersistentVolumeClaims mounted in
             every task pod (Kubeflow Pipelines only, .yaml packages only).
     """

@@ -2,14 +2,18 @@
 
 The cheap tests run small hand-written packages whose containers are `python -c`
 scripts (real subprocesses, kfp's own ExecutorInput and placeholders); the slow one
-compiles the real pipeline with --no-baseline and local paths and runs every TFX
-executor on a tiny generated folder.
+compiles the real pipeline for open-source KFP with local paths and runs every TFX
+executor on a tiny generated folder, twice: a first model is pushed, and a second
+one, trained on labels shuffled per image, is refused against the served version.
 """
 
 from __future__ import annotations
 
 import os
+import random
+import shutil
 import sys
+import time
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -17,7 +21,7 @@ import pytest
 import yaml
 
 from pipeline import cli
-from tests.conftest import write_class_folder
+from tests.conftest import CLASS_COLOURS, encode, make_image, write_class_folder
 
 # Writes the `word` parameter into its output artifact and says so in its executor output.
 WRITE = """
@@ -171,8 +175,8 @@ def test_resolver_tasks_are_refused_before_anything_runs(tmp_path, capsys):
     assert captured.out == ""
     assert captured.err == (
         "error: resolver tasks Baseline-model-blessing-resolver, Baseline-model-resolver do "
-        "not run outside Vertex AI (open-source Kubeflow Pipelines runs none); compile with "
-        "--no-baseline\n")
+        "not run outside Vertex AI (open-source Kubeflow Pipelines runs none); recompile with "
+        "`transferline compile`, whose baseline and warm start are plain tasks\n")
     assert not (tmp_path / "root").exists()
 
 
@@ -201,37 +205,89 @@ def test_a_missing_package_is_one_line(tmp_path, capsys):
 # ------------------------------------------------------------------ the pipeline
 
 
+def _shuffled_labels_folder(root, per_class: int, seed_offset: int):
+    """New images of every class, each filed under a label drawn by a shuffle (balanced)."""
+    labels = [label for label in CLASS_COLOURS for _ in range(per_class)]
+    random.Random(7).shuffle(labels)
+    for n, label in enumerate(labels):
+        colour = list(CLASS_COLOURS.values())[n % len(CLASS_COLOURS)]
+        (root / label).mkdir(parents=True, exist_ok=True)
+        (root / label / f"{n:03d}.png").write_bytes(encode(make_image(colour, seed_offset + n)))
+
+
+def _examples_in(split_dir) -> int:
+    import tensorflow as tf
+
+    files = [str(path) for path in split_dir.iterdir()]
+    return sum(1 for _ in tf.data.TFRecordDataset(files, compression_type="GZIP"))
+
+
+def _tasks_run(lines: list[str]) -> list[str]:
+    assert all(" ... completed in " in line for line in lines), lines
+    return [line.split(" ... ")[0].removeprefix("task ") for line in lines]
+
+
 @pytest.mark.slow  # a subprocess per task, each importing TensorFlow and TFX
-def test_a_compiled_pipeline_runs_every_tfx_task_and_pushes(tmp_path, capsys):
-    data = write_class_folder(tmp_path / "images", per_class=4)
+def test_a_compiled_package_pushes_then_refuses_a_regression_from_the_served_version(
+        tmp_path, capsys):
+    data = tmp_path / "images"
+    write_class_folder(data / "train", per_class=6)
+    write_class_folder(data / "val", per_class=6, seed_offset=500)
     package, root, serving = tmp_path / "p.yaml", tmp_path / "root", tmp_path / "serving"
+    # For open-source KFP: no --no-baseline; a low absolute bound, so only the
+    # no-regression check can refuse the second model.
     assert cli.main([
-        "compile", "--output", str(package), "--no-baseline", "--image", "local",
+        "compile", "--output", str(package), "--image", "local", "--no-warm-start",
         "--pipeline-root", str(root), "--data", str(data), "--serving-dir", str(serving),
-        "--epochs", "1", "--image-size", "32", "--min-accuracy", "0",
-        "--beam-arg=--direct_num_workers=1",
+        "--layout", "presplit", "--epochs", "20", "--learning-rate", "0.02",
+        "--image-size", "32", "--min-accuracy", "0", "--max-accuracy-drop", "0.05",
+        "--accuracy-top-k", "2", "--beam-arg=--direct_num_workers=1",
     ]) == 0
-    capsys.readouterr()
+    printed = capsys.readouterr().out
+    assert "resolver" not in printed
+    assert "accuracy overall change >= -0.0500 against the version being served" in printed
 
+    # First run: nothing is served, so absolute bounds only; blessed and pushed.
     assert cli.main(["kfp-local", str(package)]) == 0
-
-    lines = capsys.readouterr().out.splitlines()
-    assert [line.split(" ... ")[0] for line in lines] == [
-        "task ImageFolderExampleGen", "task StatisticsGen", "task SchemaGen",
-        "task ExampleValidator", "task DataGate", "task Transform", "task Trainer",
-        "task Evaluator", "task Pusher"]
-    assert all(" ... completed in " in line for line in lines)
-    (run,) = [p for p in root.iterdir() if p.name.startswith("transferline-")]
-    examples = run / "ImageFolderExampleGen" / "examples"
-    assert sorted(os.listdir(examples / "Split-train")) == ["data_tfrecord-00000-of-00001.gz"]
-    assert sorted(os.listdir(examples / "Split-eval")) == ["data_tfrecord-00000-of-00001.gz"]
+    assert _tasks_run(capsys.readouterr().out.splitlines()) == [
+        "ImageFolderExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "DataGate",
+        "Transform", "Trainer", "ServingBaseline", "Evaluator", "Pusher"]
+    (first_run,) = [p for p in root.iterdir() if p.name.startswith("transferline-")]
+    assert (first_run / "Evaluator" / "blessing" / "BLESSED").is_file()
     high_water, version = sorted(os.listdir(serving / "transferline"))
     assert (high_water, version.isdigit()) == (".version-high-water", True)
     assert (serving / "transferline" / version / "saved_model.pb").is_file()
-    assert len(os.listdir(root / "kfp-local-logs")) == 9
-    log = (root / "kfp-local-logs" / "ImageFolderExampleGen.log").read_text()
+    logs = root / "kfp-local-logs"
+    assert "no model is being served under" in (logs / "ServingBaseline.log").read_text()
+    log = (logs / "ImageFolderExampleGen.log").read_text()
     assert [line for line in log.splitlines() if line.startswith("$ ")] == [
         f"$ {sys.executable} -m {TFX_V2}.file_based_example_gen.driver ...",
         f"$ {sys.executable} -m {TFX_V2}.container.kubeflow_v2_run_executor ...",
     ]  # the pre-cache check first, on this Python
-    assert "Calculated fingerprint: split:all," in log
+    assert _examples_in(first_run / "ImageFolderExampleGen" / "examples" / "Split-train") == 18
+
+    # New training images, labels shuffled per image; the validation data stays clean.
+    shutil.rmtree(data / "train")
+    _shuffled_labels_folder(data / "train", per_class=7, seed_offset=70_000)
+    time.sleep(1)  # the next run's folder is named by the local time, to the second
+    assert cli.main(["kfp-local", str(package)]) == 0
+    capsys.readouterr()
+    (second_run,) = [p for p in root.iterdir()
+                     if p.name.startswith("transferline-") and p != first_run]
+    # The new images were read (the ExampleGen always runs: KFP's cache is off for it).
+    assert _examples_in(second_run / "ImageFolderExampleGen" / "examples" / "Split-train") == 21
+    assert f"version {version} from {serving / 'transferline' / version}" in (
+        logs / "ServingBaseline.log").read_text()
+    assert (second_run / "Evaluator" / "blessing" / "NOT_BLESSED").is_file()
+    failures = _validation_failures(second_run / "Evaluator" / "evaluation")
+    assert failures == [("accuracy", True)]  # the change against the served version
+    assert sorted(os.listdir(serving / "transferline")) == [high_water, version]
+
+
+def _validation_failures(evaluation_uri) -> list[tuple[str, bool]]:
+    import tensorflow_model_analysis as tfma
+
+    result = tfma.load_validation_result(str(evaluation_uri))
+    return [(failure.metric_key.name, failure.metric_key.is_diff)
+            for per_slice in result.metric_validations_per_slice
+            for failure in per_slice.failures]

@@ -186,29 +186,33 @@ def _uploaded_spec(request: dict) -> dict:
 # ------------------------------------------------------------------------ tests
 
 
-def test_compile_prints_size_and_tasks(tmp_path, data_root, capsys):
+def test_compile_prints_size_tasks_cache_and_gate(tmp_path, data_root, capsys):
     path = str(tmp_path / "out.json")
     assert cli.main(["compile", "--output", path, *_compile_flags(data_root)]) == 0
 
     out = capsys.readouterr().out
     assert f"({os.path.getsize(path) / 1024:.1f} KiB)" in out
-    # No warm-start resolver on Kubeflow; the baseline Resolver makes two tasks.
-    assert f"tasks ({len(transferline.NODE_IDS)}):" in out
+    assert "tasks (11):" in out and "resolver" not in out
     assert "Trainer" in out and "1 x nvidia.com/gpu" in out
-    assert "ImageFolderExampleGen" in out and "resolver" in out
-    assert "note: no warm start in compiled pipelines" in out
+    assert "    ServingBaseline " in out and "    WarmStartModel " in out
+    assert ("  KFP cache: on, except ImageFolderExampleGen, ServingBaseline (they read the "
+            "image folder and the serving directory") in out
+    assert ("  gate: accuracy overall >= 0.5; accuracy overall change >= -0.0100 against the "
+            "version being served (absolute bounds only while none is)\n") in out
 
 
-def test_compile_without_baseline_has_no_resolver_task(tmp_path, data_root, capsys):
+def test_compile_without_baseline_or_warm_start_has_no_reader_task(tmp_path, data_root, capsys):
     path = str(tmp_path / "out.yaml")
-    assert cli.main(["compile", "--output", path, "--no-baseline",
+    assert cli.main(["compile", "--output", path, "--no-baseline", "--no-warm-start",
                      *_compile_flags(data_root)]) == 0
 
     out = capsys.readouterr().out
-    assert f"tasks ({len(transferline.NODE_IDS) - 2}):" in out
-    assert "resolver" not in out
+    assert "tasks (9):" in out
+    assert ("  gate: accuracy overall >= 0.5; no baseline (--no-baseline): no no-regression "
+            "check") in out
     tasks = kubeflow_compile.load_package(path).tasks()
-    assert transferline.EVALUATOR in tasks and not any("resolver" in e for e in tasks.values())
+    assert transferline.EVALUATOR in tasks
+    assert not {"ServingBaseline", "WarmStartModel"} & set(tasks)
 
 
 def test_submit_uploads_a_new_pipeline_and_starts_a_run(package, capsys):

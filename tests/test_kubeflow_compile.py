@@ -43,14 +43,12 @@ def _executors(spec: dict) -> dict[str, dict]:
 
 
 def _container_names() -> set[str]:
-    return set(transferline.NODE_IDS) - set(transferline.RESOLVER_IDS)
+    return set(transferline.NODE_IDS)
 
 
 def _expected_task_names() -> set[str]:
-    """NODE_IDS as KFP task names: no warm-start resolver (warm start is off on
-    Kubeflow); the baseline Resolver compiles to two resolver tasks."""
-    return _container_names() | {f"{transferline.BASELINE_RESOLVER}-model-resolver",
-                                 f"{transferline.BASELINE_RESOLVER}-model-blessing-resolver"}
+    """NODE_IDS as KFP task names: every node a container, no resolver task."""
+    return _container_names()
 
 
 # ----------------------------------------------------------------------- compile
@@ -175,30 +173,63 @@ def _eval_config(tasks: dict) -> dict:
     return json.loads(parameters["eval_config"]["runtimeValue"]["constant"])
 
 
-def test_without_baseline_no_resolver_and_no_change_threshold(tmp_path, data_root):
+def test_the_baseline_is_the_served_version_with_the_change_threshold_kept(tmp_path, data_root):
     for name, overrides in (("default.json", {}), ("no_baseline.json", {"baseline": False})):
         with open(_compile(tmp_path, data_root, name=name, **overrides)) as f:
             document = json.load(f)
-        spec = json_format.ParseDict(document["pipelineSpec"], pipeline_spec_pb2.PipelineSpec())
         tasks = document["pipelineSpec"]["root"]["dag"]["tasks"]
+        executors = _executors(document["pipelineSpec"])
+        assert not any("resolver" in executor for executor in executors.values()), name
         threshold = _eval_config(tasks)["metrics_specs"][0]["metrics"][0]["per_slice_thresholds"][0]
+        evaluator_inputs = tasks[transferline.EVALUATOR]["inputs"]["artifacts"]
         if overrides:
-            assert set(spec.root.dag.tasks) == _container_names()
-            assert "baseline_model" not in tasks[transferline.EVALUATOR]["inputs"]["artifacts"]
+            assert "ServingBaseline" not in tasks
+            assert "baseline_model" not in evaluator_inputs
             assert set(threshold["threshold"]) == {"value_threshold"}
         else:
-            assert set(spec.root.dag.tasks) == _expected_task_names()
-            assert "baseline_model" in tasks[transferline.EVALUATOR]["inputs"]["artifacts"]
+            assert evaluator_inputs["baseline_model"]["taskOutputArtifact"] == {
+                "producerTask": "ServingBaseline", "outputArtifactKey": "model"}
             assert set(threshold["threshold"]) == {"value_threshold", "change_threshold"}
+            assert threshold["threshold"]["change_threshold"]["absolute"] == pytest.approx(-0.01)
+            baseline = tasks["ServingBaseline"]["inputs"]["parameters"]
+            assert baseline["serving_model_dir"]["runtimeValue"]["constant"] == (
+                "gs://bucket/serving/flowers")
+            assert baseline["role"]["runtimeValue"]["constant"] == "baseline"
 
 
-def test_the_compiled_trainer_trains_from_scratch(tmp_path, data_root):
+def test_the_compiled_trainer_warm_starts_from_the_served_version(tmp_path, data_root):
     with open(_compile(tmp_path, data_root)) as f:
         tasks = json.load(f)["pipelineSpec"]["root"]["dag"]["tasks"]
     trainer = tasks[transferline.TRAINER]["inputs"]
-    assert "base_model" not in trainer["artifacts"]
+    assert trainer["artifacts"]["base_model"]["taskOutputArtifact"] == {
+        "producerTask": "WarmStartModel", "outputArtifactKey": "model"}
+    assert tasks["WarmStartModel"]["inputs"]["artifacts"]["examples"]["taskOutputArtifact"][
+        "producerTask"] == transferline.EXAMPLE_GEN
     custom_config = json.loads(trainer["parameters"]["custom_config"]["runtimeValue"]["constant"])
-    assert custom_config["warm_start"] is False
+    assert custom_config["warm_start"] is True
+
+
+def test_no_warm_start_compiles_no_reader_and_trains_from_scratch(tmp_path, data_root):
+    from trainer.config import TrainingConfig
+
+    output = str(tmp_path / "cold.json")
+    kubeflow_compile.compile_pipeline(output, config=_config(data_root),
+                                      training=TrainingConfig(warm_start=False))
+    with open(output) as f:
+        tasks = json.load(f)["pipelineSpec"]["root"]["dag"]["tasks"]
+    assert "WarmStartModel" not in tasks
+    assert "base_model" not in tasks[transferline.TRAINER]["inputs"]["artifacts"]
+
+
+def test_kfp_cache_is_off_for_the_tasks_reading_outside_state(tmp_path, data_root):
+    with open(_compile(tmp_path, data_root)) as f:
+        tasks = json.load(f)["pipelineSpec"]["root"]["dag"]["tasks"]
+    uncached = {name for name, task in tasks.items() if "cachingOptions" not in task}
+    assert uncached == {"ImageFolderExampleGen", "ServingBaseline"}
+    assert tasks[transferline.TRAINER]["cachingOptions"] == {"enableCache": True}
+    with open(_compile(tmp_path, data_root, name="no_cache.json", enable_cache=False)) as f:
+        tasks = json.load(f)["pipelineSpec"]["root"]["dag"]["tasks"]
+    assert not any("cachingOptions" in task for task in tasks.values())
 
 
 def _span_folder(tmp_path) -> str:
