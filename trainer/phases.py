@@ -285,6 +285,7 @@ class PhaseRunner:
             batch_size=self.config.batch_size,
             class_weight=self.class_weight,
             initial_best=initial_best,
+            phase=phase,
         )
         self.history[phase] = history
         self.history["path"][phase] = path
