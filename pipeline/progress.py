@@ -180,7 +180,7 @@ class Reporter:
             ended = "failed after" if failed else "finished in"
             last = ""
             if self.mode is Mode.LIVE and step.event is not None:
-                last = f" ({progress_line(step.event, now - step.phase_started)})"
+                last = f" ({progress_line(step.event, step.event_at - step.phase_started)})"
             self._print(f"[{_clock_time()}] {step.name} {ended} {now - step.started:.1f}s{last}")
 
     def finish_all(self, failed: bool) -> None:
@@ -228,10 +228,15 @@ class Reporter:
         return next(reversed(self._steps.values()), None)
 
     def _print(self, line: str) -> None:
-        print(line, file=self._stream, flush=True)
+        if self.mode is Mode.LIVE:  # Above the live lines, which tqdm then redraws.
+            from tqdm import tqdm
+
+            tqdm.write(line, file=self._stream)
+        else:
+            print(line, file=self._stream, flush=True)
 
     def _print_event(self, step: _Step, now: float) -> None:
-        line = progress_line(step.event, now - step.phase_started)
+        line = progress_line(step.event, step.event_at - step.phase_started)
         self._print(f"[{_clock_time()}] {step.name}: {line}")
         step.printed_at, step.pending = now, False
 
@@ -246,7 +251,8 @@ class Reporter:
         if step.event is None:
             step.bar.bar_format = f"{{desc}}: running, {elapsed} elapsed"
         else:
-            line = progress_line(step.event, now - step.phase_started).replace("{", "{{")
+            line = progress_line(step.event, step.event_at - step.phase_started)
+            line = line.replace("{", "{{")
             step.bar.bar_format = "{desc}: " + line.replace("}", "}}") + f" [{elapsed}]"
         step.bar.refresh()
         step.drawn_at = now
