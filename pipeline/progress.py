@@ -88,6 +88,7 @@ class _Step:
     event: Progress | None = None
     event_at: float = 0.0
     phase_started: float = 0.0
+    phase_done: int = 0
     printed_at: float = 0.0
     drawn_at: float = -_REDRAW_SECONDS
     pending: bool = False
@@ -95,10 +96,15 @@ class _Step:
     bar: object | None = None
 
 
-def progress_line(event: Progress, seconds_in_phase: float) -> str:
+def progress_line(event: Progress, seconds_in_phase: float, done_before: int = 0) -> str:
     """An event with its rate and time left.
 
     E.g. 'hashed 40 of 100 files (40%), 8.0 files/s, 8s left'.
+
+    Args:
+        event: The latest count.
+        seconds_in_phase: Seconds from the count the rate starts at to this one.
+        done_before: That first count.
     """
     text = f"{event.phase} {event.done}"
     if event.total is not None:
@@ -106,12 +112,16 @@ def progress_line(event: Progress, seconds_in_phase: float) -> str:
         text += f" of {event.total} {event.unit} ({percent}%)"
     else:
         text += f" {event.unit}"
-    if seconds_in_phase > 0 and event.done:
-        rate = event.done / seconds_in_phase
+    if seconds_in_phase > 0 and event.done > done_before:
+        rate = (event.done - done_before) / seconds_in_phase
         text += f", {rate:.1f} {event.unit}/s"
         if event.total is not None and event.done < event.total:
             text += f", {_duration((event.total - event.done) / rate)} left"
     return f"{text}: {event.detail}" if event.detail else text
+
+
+def _step_line(step: _Step) -> str:
+    return progress_line(step.event, step.event_at - step.phase_started, step.phase_done)
 
 
 class Reporter:
@@ -153,8 +163,10 @@ class Reporter:
             if step is None:
                 return
             now = self._clock()
-            if step.event is not None and step.event.phase != event.phase:
-                step.phase_started = step.event_at  # It began after the old phase's last count.
+            if step.event is None:  # The rate counts from here: setup is not work done.
+                step.phase_started, step.phase_done = now, event.done
+            elif step.event.phase != event.phase:  # It began after the old phase's last count.
+                step.phase_started, step.phase_done = step.event_at, 0
             step.event, step.event_at = event, now
             if self.mode is Mode.PLAIN:
                 step.pending = True
@@ -180,7 +192,7 @@ class Reporter:
             ended = "failed after" if failed else "finished in"
             last = ""
             if self.mode is Mode.LIVE and step.event is not None:
-                last = f" ({progress_line(step.event, step.event_at - step.phase_started)})"
+                last = f" ({_step_line(step)})"
             self._print(f"[{_clock_time()}] {step.name} {ended} {now - step.started:.1f}s{last}")
 
     def finish_all(self, failed: bool) -> None:
@@ -236,8 +248,7 @@ class Reporter:
             print(line, file=self._stream, flush=True)
 
     def _print_event(self, step: _Step, now: float) -> None:
-        line = progress_line(step.event, step.event_at - step.phase_started)
-        self._print(f"[{_clock_time()}] {step.name}: {line}")
+        self._print(f"[{_clock_time()}] {step.name}: {_step_line(step)}")
         step.printed_at, step.pending = now, False
 
     def _new_bar(self, name: str):
@@ -251,8 +262,7 @@ class Reporter:
         if step.event is None:
             step.bar.bar_format = f"{{desc}}: running, {elapsed} elapsed"
         else:
-            line = progress_line(step.event, step.event_at - step.phase_started)
-            line = line.replace("{", "{{")
+            line = _step_line(step).replace("{", "{{")
             step.bar.bar_format = "{desc}: " + line.replace("}", "}}") + f" [{elapsed}]"
         step.bar.refresh()
         step.drawn_at = now
