@@ -270,3 +270,26 @@ def test_scan_counts_reach_the_files_listed_piped_and_nothing_with_quiet(tmp_pat
     assert "\nscan finished in " in err
     assert cli.main(["scan", "--quiet", "--workers", "1", str(data)]) == scan.EXIT_OK
     assert capsys.readouterr().err == ""
+
+
+def test_the_backbone_pass_counts_up_to_each_split_and_never_back(absl_info):
+    from trainer.phases import _FeatureProgress
+
+    clock, out = _Clock(), io.StringIO()
+    reporter = Reporter(Mode.PLAIN, out, clock=clock, interval=0)
+    handler = progress.StepLogHandler(reporter)
+    logging.getLogger("absl").addHandler(handler)
+    reporter.start("Trainer")
+    try:
+        counted = _FeatureProgress({"train": 99, "eval": 21})
+        counted.start_split("train")
+        counted.on_predict_batch_end(0)
+        counted.on_predict_batch_end(1)
+        counted.split_done(99)
+        counted.start_split("eval")
+        counted.on_predict_batch_end(0)
+        counted.split_done(21)
+    finally:
+        logging.getLogger("absl").removeHandler(handler)
+    done = [int(re.search(r"features (\d+) of 120", line)[1]) for line in _lines(out)[1:]]
+    assert done == [64, 99, 99, 120, 120]

@@ -113,6 +113,7 @@ class PhaseRunner:
         self.model_run_dir = model_run_dir
         self.examples = sum(int(c.sum()) for c in counts.values())
         self.train_examples = int(counts[features.TRAIN_SPLIT].sum())
+        self.split_examples = {split: int(c.sum()) for split, c in counts.items()}
         self.history: dict[str, Any] = {"path": {}, "best": None}
         self._boundary_cache: _Cache | None = None
         self._split = None
@@ -188,7 +189,7 @@ class PhaseRunner:
             feature_model, self.config.feature_engine, self._check_images)
         self.history["feature_engine"] = (
             FEATURE_ENGINE_TENSORFLOW if engine is None else FEATURE_ENGINE_TFLITE)
-        counted = _FeatureProgress(self.examples)
+        counted = _FeatureProgress(self.split_examples)
         if engine is not None:
             return _Cache(*(self._run_engine(engine, split, counted) for split in _SPLITS))
         images = tf.keras.Input(shape=feature_model.input_shape[1:], name="images")
@@ -202,6 +203,7 @@ class PhaseRunner:
             batches = self.data.images_and_labels(split, FEATURE_BATCH_SIZE).map(
                 lambda image_batch, label_batch: ((image_batch, label_batch),)
             ).prefetch(tf.data.AUTOTUNE)
+            counted.start_split(split)
             *arrays, label_ids = extractor.predict(batches, verbose=0, callbacks=[counted])
             counted.split_done(len(label_ids))
             return arrays, label_ids
@@ -219,6 +221,7 @@ class PhaseRunner:
     ) -> tuple[list[np.ndarray], np.ndarray]:
         """`engine`'s outputs for every image of `split`, and the label ids."""
         outputs, labels = [], []
+        counted.start_split(split)
         batches = self.data.images_and_labels(split, FEATURE_BATCH_SIZE)
         for images, label_ids in batches.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
             if len(label_ids):
@@ -304,17 +307,22 @@ class PhaseRunner:
 class _FeatureProgress(tf.keras.callbacks.Callback):
     """Reports images run through the frozen backbone, out of every train and eval example.
 
-    Within a split a batch counts FEATURE_BATCH_SIZE images; when the split ends
-    the count is its exact size.
+    Within a split a batch counts FEATURE_BATCH_SIZE images, at most the split's
+    size; when the split ends the count is the images it really had.
     """
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, split_sizes: dict[str, int]) -> None:
         super().__init__()
-        self.total = total
+        self.split_sizes = split_sizes
+        self.total = sum(split_sizes.values())
         self.before = 0  # Images of the splits already done.
+        self.ceiling = 0  # Where the split under way ends.
+
+    def start_split(self, split: str) -> None:
+        self.ceiling = self.before + self.split_sizes[split]
 
     def on_predict_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        self._report(min(self.before + (batch + 1) * FEATURE_BATCH_SIZE, self.total))
+        self._report(min(self.before + (batch + 1) * FEATURE_BATCH_SIZE, self.ceiling))
 
     def split_done(self, images: int) -> None:
         self.before += images
