@@ -255,7 +255,7 @@ class Reporter:
         from tqdm import tqdm
 
         return tqdm(total=None, desc=f"[{_clock_time()}] {name}", file=self._stream, leave=False,
-                    bar_format="{desc}: {elapsed}", dynamic_ncols=True, mininterval=0)
+                    bar_format="{desc}: running, 0s elapsed", dynamic_ncols=True, mininterval=0)
 
     def _draw(self, step: _Step, now: float) -> None:
         elapsed = _duration(now - step.started)
