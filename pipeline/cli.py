@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -10,7 +11,7 @@ import sys
 import time
 import warnings
 
-from pipeline import settings
+from pipeline import progress, settings
 from pipeline.names import MODEL_NAME, check_model_name
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -19,26 +20,8 @@ EXIT_BAD_INPUT = 2
 EXIT_PIPELINE_FAILED = 1
 
 
-class _StepLogger(logging.Handler):
-    """Turns TFX's 'Component X is running/finished' records into one line each."""
-
-    def __init__(self) -> None:
-        super().__init__(level=logging.INFO)
-        self._started: dict[str, float] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.msg == "Component %s is running.":
-            node = record.args[0]
-            self._started[node] = time.monotonic()
-            print(f"[{time.strftime('%H:%M:%S')}] {node} started", flush=True)
-        elif record.msg == "Component %s is finished.":
-            node = record.args[0]
-            took = time.monotonic() - self._started.get(node, time.monotonic())
-            print(f"[{time.strftime('%H:%M:%S')}] {node} finished in {took:.1f}s", flush=True)
-
-
 def _configure_logging(verbose: bool) -> None:
-    """Quiet by default: one line per pipeline step; everything with `verbose`.
+    """Quiet by default: progress only (`pipeline/progress.py`); every log with `verbose`.
 
     Must run before TensorFlow is imported, which reads TF_CPP_MIN_LOG_LEVEL once.
     """
@@ -51,10 +34,8 @@ def _configure_logging(verbose: bool) -> None:
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.INFO)
-    absl_logger = logging.getLogger("absl")
-    absl_logger.setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.INFO)
     if not verbose:
-        absl_logger.addHandler(_StepLogger())
         for handler in logging.getLogger().handlers:
             # The command prints its own one-line error for a failed step.
             handler.addFilter(lambda record: record.msg != "Execution %d failed.")
@@ -71,7 +52,7 @@ def _add_run_parser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--beam-arg", action="append", default=None, metavar="ARG",
                      help="Beam pipeline argument, repeatable "
                           "(e.g. --beam-arg=--runner=FlinkRunner)")
-    run.add_argument("--verbose", action="store_true", help="show TFX, Beam and TF logs")
+    progress.add_output_flags(run)
 
 
 def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -83,7 +64,7 @@ def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     predict.add_argument("--top-k", type=int, default=1, help="show the k best classes (default 1)")
     predict.add_argument("--json", action="store_true", help="print a JSON list")
-    predict.add_argument("--verbose", action="store_true")
+    progress.add_output_flags(predict)
 
 
 def _add_report_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -96,7 +77,7 @@ def _add_report_parser(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("--run", dest="run_name", help="ML Metadata run name (default: the latest)")
     report.add_argument("--max-images", type=int, default=None,
                         help="most misclassified images shown (default 60)")
-    report.add_argument("--verbose", action="store_true")
+    progress.add_output_flags(report)
 
 
 def _check_workdir(workdir: str, data_root: str) -> None:
@@ -133,15 +114,20 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
 
     from pipeline import local_runner  # TensorFlow and TFX load only once the settings hold.
+    from trainer import progress_events
 
+    progress_events.show_raw_library_progress(args.verbose)
+    # With --verbose the logs say it all, progress events included; the steps go to stdout.
+    reporter = progress.reporter_for(args, sys.stdout)
     started = time.monotonic()
     try:
-        summary = local_runner.run_local(
-            data_root=args.data, workdir=args.workdir, model_name=args.model_name,
-            training=configs[settings.TRAINING], ingest=configs[settings.INGEST],
-            gate=configs[settings.GATE],
-            beam_pipeline_args=args.beam_arg or local_runner.DEFAULT_BEAM_ARGS,
-        )
+        with contextlib.nullcontext() if args.verbose else progress.pipeline_steps(reporter):
+            summary = local_runner.run_local(
+                data_root=args.data, workdir=args.workdir, model_name=args.model_name,
+                training=configs[settings.TRAINING], ingest=configs[settings.INGEST],
+                gate=configs[settings.GATE],
+                beam_pipeline_args=args.beam_arg or local_runner.DEFAULT_BEAM_ARGS,
+            )
     except workdir_lock.WorkdirBusyError as error:  # A run took the workdir since the probe.
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -249,8 +235,11 @@ def _predict(args: argparse.Namespace) -> int:
     """Prints one line per file: tab-separated, each field escaped (`predict.tsv_field`)."""
     from pipeline.predict import predict_files, tsv_field
 
+    reporter = progress.reporter_for(args)
     try:
-        predictions = predict_files(args.model, args.images, top_k=args.top_k)
+        with progress.Ticker(reporter), reporter.step("predict") as on_progress:
+            predictions = predict_files(args.model, args.images, top_k=args.top_k,
+                                        on_progress=on_progress)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -270,8 +259,12 @@ def _report(args: argparse.Namespace) -> int:
     from pipeline.reporting import report, runs
 
     limit = {} if args.max_images is None else {"max_misclassified": args.max_images}
+    reporter = progress.reporter_for(args)
     try:
-        written = report.write_report(args.workdir, args.output, run_name=args.run_name, **limit)
+        # The report's work has no count to show (pipeline/reporting is one call): a heartbeat.
+        with progress.Ticker(reporter), reporter.step("report"):
+            written = report.write_report(
+                args.workdir, args.output, run_name=args.run_name, **limit)
     except runs.ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -28,6 +28,7 @@ import tensorflow as tf
 from components import file_systems
 from trainer import export
 from trainer.errors import one_line
+from trainer.progress_events import Progress
 
 DEFAULT_BATCH_SIZE = 32
 MAX_FILE_BYTES = 100 * 2**20
@@ -233,11 +234,16 @@ def _prediction(path: str, scores: np.ndarray, classes: np.ndarray, top_k: int) 
     return Prediction(path, label=ranked[0][0], score=ranked[0][1], top_k=ranked)
 
 
+def _no_progress(event: Progress) -> None:  # noqa: ARG001
+    return None
+
+
 def predict_files(
     model_path: str,
     paths: Sequence[str],
     top_k: int = 1,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    on_progress: Callable[[Progress], None] = _no_progress,
 ) -> list[Prediction]:
     """Classifies each image file (folders searched); a file that fails gets its error.
 
@@ -246,6 +252,7 @@ def predict_files(
         paths: Image files and folders.
         top_k: How many of the best classes each Prediction lists.
         batch_size: Images per call of the model.
+        on_progress: Called after each batch with the files done out of all found.
 
     Raises:
         FileNotFoundError: No model at `model_path`.
@@ -267,8 +274,11 @@ def predict_files(
         ):
             results[index] = prediction
         pending.clear()
+        on_progress(Progress("classified", len(results), len(found), "images"))
 
-    for index, (path, error) in enumerate(find_image_files(paths)):
+    found = list(find_image_files(paths))
+    on_progress(Progress("classified", 0, len(found), "images"))
+    for index, (path, error) in enumerate(found):
         if error is None:
             try:
                 pending.append((index, path, _read(path)))
@@ -280,4 +290,5 @@ def predict_files(
             flush()
     if pending:
         flush()
+    on_progress(Progress("classified", len(results), len(found), "images"))
     return [results[index] for index in sorted(results)]

@@ -22,13 +22,15 @@ import re
 import statistics
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from components import file_outcome, image_folder
 from components.config import IngestConfig
 from components.file_outcome import FileStatus, IngestedFile
 from components.folder_walk import FoundFile
+from pipeline import progress
+from trainer.progress_events import Progress
 
 EXIT_OK = 0
 EXIT_UNFIT = 2
@@ -81,8 +83,13 @@ def _pool(workers: int):
     return multiprocessing.get_context("spawn").Pool(workers)
 
 
+def _no_progress(event: Progress) -> None:  # noqa: ARG001
+    return None
+
+
 def account_for_files(
-    data_root: str, ingest: IngestConfig, workers: int
+    data_root: str, ingest: IngestConfig, workers: int,
+    on_progress: Callable[[Progress], None] = _no_progress,
 ) -> tuple[str, int, list[IngestedFile], list[str]]:
     """Every file's outcome under the ingestion rules.
 
@@ -90,6 +97,8 @@ def account_for_files(
         data_root: The image folder.
         ingest: The settings a run would ingest it with.
         workers: Worker processes (see DEFAULT_WORKERS).
+        on_progress: Called as files are listed, hashed, then accounted for
+            (out of the files listed), as ImageFolderExampleGen reports them.
 
     Returns:
         (layout, span, one outcome per file found, the class folders found).
@@ -105,17 +114,21 @@ def account_for_files(
     for split, _ in roots:
         folders += image_folder.class_folders(data_root, split.pattern)
         found += image_folder.find_files(data_root, split.pattern, split.name if given else "")
+        on_progress(Progress("listed", len(found)))
     outcomes: list[IngestedFile] = []
     with _pool(workers) as pool:
         by_hash: dict[str, list[FoundFile]] = collections.defaultdict(list)
-        for screened in pool.imap_unordered(file_outcome.screen_file, found, chunksize=32):
+        screening = pool.imap_unordered(file_outcome.screen_file, found, chunksize=32)
+        for hashed, screened in enumerate(screening, start=1):
             if screened.outcome is not None:
                 outcomes.append(screened.outcome)
             else:
                 by_hash[screened.content_hash].append(screened.found)
+            on_progress(Progress("hashed", hashed, len(found)))
         groups = ((content_hash, copies, ingest) for content_hash, copies in by_hash.items())
         for settled in pool.imap_unordered(_settle, groups, chunksize=4):
             outcomes += settled
+            on_progress(Progress("accounted for", len(outcomes), len(found)))
     if not given:
         splits = image_folder.hash_buckets(ingest)
         outcomes = [
@@ -129,7 +142,8 @@ def account_for_files(
 
 
 def scan_folder(
-    data_root: str, ingest: IngestConfig = IngestConfig(), workers: int = DEFAULT_WORKERS
+    data_root: str, ingest: IngestConfig = IngestConfig(), workers: int = DEFAULT_WORKERS,
+    on_progress: Callable[[Progress], None] = _no_progress,
 ) -> dict[str, Any]:
     """Scans a folder; returns the report `--json` prints.
 
@@ -137,6 +151,7 @@ def scan_folder(
         data_root: The image folder (local path or object-store URI).
         ingest: The settings a run would ingest it with.
         workers: Worker processes (see DEFAULT_WORKERS).
+        on_progress: Called with each step of progress (see `account_for_files`).
 
     Raises:
         image_folder.IngestionError: The folder or span does not exist.
@@ -146,7 +161,7 @@ def scan_folder(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     started = time.monotonic()
-    layout, span, outcomes, folders = account_for_files(data_root, ingest, workers)
+    layout, span, outcomes, folders = account_for_files(data_root, ingest, workers, on_progress)
     summary = image_folder.summarize_manifest(
         (image_folder.manifest_row(outcome) for outcome in outcomes), folders
     )
@@ -300,14 +315,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         scan.add_argument("--" + name.replace("_", "-"), type=int, help=help_text)
     scan.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                       help=f"worker processes (default {DEFAULT_WORKERS})")
-    scan.add_argument("--verbose", action="store_true")
+    progress.add_output_flags(scan)
 
 
 def run_scan(args: argparse.Namespace) -> int:
     """Handler of `transferline scan`: 0 when the folder can train, 2 otherwise."""
     given = {name: getattr(args, name) for name in _INGEST_FLAGS if getattr(args, name) is not None}
+    reporter = progress.reporter_for(args)
     try:
-        report = scan_folder(args.data, IngestConfig(**given), workers=args.workers)
+        with progress.Ticker(reporter), reporter.step("scan") as on_progress:
+            report = scan_folder(args.data, IngestConfig(**given), workers=args.workers,
+                                 on_progress=on_progress)
     except (ValueError, OSError) as error:  # IngestionError is a ValueError.
         print(f"error: {error}", file=sys.stderr)
         return EXIT_UNFIT

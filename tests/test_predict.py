@@ -11,6 +11,7 @@ import pytest
 from pipeline import cli, predict
 from tests import serving_testing
 from tests.serving_testing import colour_image
+from trainer.progress_events import Progress
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +176,20 @@ def test_text_output_escapes_tabs_newlines_and_backslashes(serving_dir, tmp_path
     assert cli.main(["predict", "--model", str(serving_dir), str(tmp_path), "--json"]) == 0
     paths = [r["path"] for r in json.loads(capsys.readouterr().out)]
     assert paths == [str(tmp_path / name) for name in names]
+
+
+def test_progress_counts_every_image_found_piped_and_nothing_with_quiet(serving_dir, images,
+                                                                        capsys):
+    events = []
+    predict.predict_files(str(serving_dir), [str(images)], batch_size=2, on_progress=events.append)
+    # red.png, nested/blue.jpg, notes.txt and empty.jpg; .DS_Store is hidden.
+    assert events[0] == Progress("classified", 0, 4, "images")
+    assert events[-1] == Progress("classified", 4, 4, "images")
+    assert [event.done for event in events] == sorted(event.done for event in events)
+
+    cli.main(["predict", "--model", str(serving_dir), str(images)])
+    err = capsys.readouterr().err
+    assert "] predict: classified 4 of 4 images (100%)" in err
+    assert "] predict finished in " in err
+    cli.main(["predict", "--quiet", "--model", str(serving_dir), str(images)])
+    assert capsys.readouterr().err == ""

@@ -62,7 +62,7 @@ def _write(tmp_path, text: str, name: str = "settings.yaml") -> str:
 
 def test_run_and_compile_take_the_same_settings_flags():
     assert _options("run") == HELP | LOCAL_SETTINGS_FLAGS | {
-        "--data", "--workdir", "--model-name", "--beam-arg", "--verbose"}
+        "--data", "--workdir", "--model-name", "--beam-arg", "--verbose", "--quiet"}
     assert _options("compile") == HELP | LOCAL_SETTINGS_FLAGS | CLUSTER_FLAGS | {"--output"}
     for name in ("submit", "schedule"):
         assert LOCAL_SETTINGS_FLAGS | CLUSTER_FLAGS <= _options(name), name

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer import augmentation, features, fine_tuning, training
+from trainer import augmentation, features, fine_tuning, progress_events, training
 from trainer import feature_engine as feature_engines
 from trainer.classifier import ClassifierParts, GraphModel
 from trainer.config import (
@@ -113,6 +113,7 @@ class PhaseRunner:
         self.model_run_dir = model_run_dir
         self.examples = sum(int(c.sum()) for c in counts.values())
         self.train_examples = int(counts[features.TRAIN_SPLIT].sum())
+        self.split_examples = {split: int(c.sum()) for split, c in counts.items()}
         self.history: dict[str, Any] = {"path": {}, "best": None}
         self._boundary_cache: _Cache | None = None
         self._split = None
@@ -188,8 +189,9 @@ class PhaseRunner:
             feature_model, self.config.feature_engine, self._check_images)
         self.history["feature_engine"] = (
             FEATURE_ENGINE_TENSORFLOW if engine is None else FEATURE_ENGINE_TFLITE)
+        counted = _FeatureProgress(self.split_examples)
         if engine is not None:
-            return _Cache(*(self._run_engine(engine, split) for split in _SPLITS))
+            return _Cache(*(self._run_engine(engine, split, counted) for split in _SPLITS))
         images = tf.keras.Input(shape=feature_model.input_shape[1:], name="images")
         labels = tf.keras.Input(shape=(), dtype=tf.int64, name="labels")
         outputs = tf.nest.flatten(feature_model(images, training=False))
@@ -201,7 +203,9 @@ class PhaseRunner:
             batches = self.data.images_and_labels(split, FEATURE_BATCH_SIZE).map(
                 lambda image_batch, label_batch: ((image_batch, label_batch),)
             ).prefetch(tf.data.AUTOTUNE)
-            *arrays, label_ids = extractor.predict(batches, verbose=0)
+            counted.start_split(split)
+            *arrays, label_ids = extractor.predict(batches, verbose=0, callbacks=[counted])
+            counted.split_done(len(label_ids))
             return arrays, label_ids
 
         return _Cache(train=run(features.TRAIN_SPLIT), eval=run(features.EVAL_SPLIT))
@@ -213,15 +217,18 @@ class PhaseRunner:
         return next(iter(batch))[0].numpy()
 
     def _run_engine(
-        self, engine: feature_engines.TFLiteModel, split: str
+        self, engine: feature_engines.TFLiteModel, split: str, counted: _FeatureProgress
     ) -> tuple[list[np.ndarray], np.ndarray]:
         """`engine`'s outputs for every image of `split`, and the label ids."""
         outputs, labels = [], []
+        counted.start_split(split)
         batches = self.data.images_and_labels(split, FEATURE_BATCH_SIZE)
         for images, label_ids in batches.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
             if len(label_ids):
                 outputs.append(engine(images))
                 labels.append(label_ids)
+                counted.on_predict_batch_end(len(labels) - 1)
+        counted.split_done(sum(len(ids) for ids in labels))
         arrays = [np.concatenate(output) for output in zip(*outputs, strict=True)]
         return arrays, np.concatenate(labels)
 
@@ -285,6 +292,7 @@ class PhaseRunner:
             batch_size=self.config.batch_size,
             class_weight=self.class_weight,
             initial_best=initial_best,
+            phase=phase,
         )
         self.history[phase] = history
         self.history["path"][phase] = path
@@ -294,6 +302,35 @@ class PhaseRunner:
                 "phase": phase, "epoch": best.best_epoch + 1,
                 **{name: values[best.best_epoch] for name, values in history.items()},
             }
+
+
+class _FeatureProgress(tf.keras.callbacks.Callback):
+    """Reports images run through the frozen backbone, out of every train and eval example.
+
+    Within a split a batch counts FEATURE_BATCH_SIZE images, at most the split's
+    size; when the split ends the count is the images it really had.
+    """
+
+    def __init__(self, split_sizes: dict[str, int]) -> None:
+        super().__init__()
+        self.split_sizes = split_sizes
+        self.total = sum(split_sizes.values())
+        self.before = 0  # Images of the splits already done.
+        self.ceiling = 0  # Where the split under way ends.
+
+    def start_split(self, split: str) -> None:
+        self.ceiling = self.before + self.split_sizes[split]
+
+    def on_predict_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self._report(min(self.before + (batch + 1) * FEATURE_BATCH_SIZE, self.ceiling))
+
+    def split_done(self, images: int) -> None:
+        self.before += images
+        self._report(self.before)
+
+    def _report(self, done: int) -> None:
+        progress_events.report(
+            progress_events.Progress("backbone features", done, self.total, "images"))
 
 
 def _unwrap_single(cached: tuple[list[np.ndarray], np.ndarray]) -> tuple[Any, np.ndarray]:

@@ -1,7 +1,9 @@
 """One training phase: compile, fit with early stopping, keep the best epoch.
 
-Each phase logs to TensorBoard under its own folder of the model run directory
-and returns its per-epoch history. Early stopping watches the validation loss;
+Each phase logs to TensorBoard under its own folder of the model run directory,
+reports every epoch as a progress event (loss, accuracy and their validation
+values; Keras' own epoch lines only with `--verbose`) and returns its per-epoch
+history. Early stopping watches the validation loss;
 `BestWeights` restores the best epoch's weights at the end whether or not early
 stopping fired (Keras' own `restore_best_weights` only restores when it fires).
 """
@@ -14,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+
+from trainer import progress_events
 
 MONITOR = "val_loss"
 # In-memory arrays train a whole epoch per call into TensorFlow, up to this many
@@ -84,6 +88,29 @@ class BestWeights(tf.keras.callbacks.Callback):
         return [variable.numpy() for variable in self.model.trainable_weights]
 
 
+class EpochProgress(tf.keras.callbacks.Callback):
+    """Reports each finished epoch of phase `phase`: 'head 3 of 10 epochs: loss 0.5120, ...'."""
+
+    def __init__(self, phase: str, epochs: int) -> None:
+        super().__init__()
+        self.phase = phase
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        progress_events.report(progress_events.Progress(
+            self.phase, epoch + 1, self.epochs, "epochs", detail=epoch_figures(logs or {})))
+
+
+def epoch_figures(logs: dict[str, Any]) -> str:
+    """'loss 0.5120, accuracy 0.8125, val_loss ...': training figures first, then validation."""
+    def order(name: str) -> tuple[bool, bool, str]:
+        figure = name.removeprefix("val_")
+        return name.startswith("val_"), figure != "loss", figure
+
+    names = sorted(logs, key=order)
+    return ", ".join(f"{name} {float(logs[name]):.4f}" for name in names)
+
+
 def fit_phase(
     model: tf.keras.Model,
     train: Any,
@@ -95,6 +122,7 @@ def fit_phase(
     batch_size: int | None = None,
     class_weight: dict[int, float] | None = None,
     initial_best: float = math.inf,
+    phase: str = "training",
 ) -> tuple[dict[str, list[float]], BestWeights]:
     """Fits a compiled `model`; ends with its best epoch's weights.
 
@@ -110,6 +138,7 @@ def fit_phase(
         batch_size: Batch size for array inputs.
         class_weight: Loss weight per class id.
         initial_best: Validation loss to beat (an earlier phase's best).
+        phase: The phase's name in its epochs' progress events.
 
     Returns:
         The per-epoch history (metric -> values) and the `BestWeights` callback
@@ -123,6 +152,7 @@ def fit_phase(
         ),
         best,
         tf.keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False, update_freq="epoch"),
+        EpochProgress(phase, epochs),
     ]
     tf.io.gfile.makedirs(log_dir)
     arrays = isinstance(train, tuple)
@@ -134,7 +164,7 @@ def fit_phase(
         shuffle=arrays,
         class_weight=class_weight,
         callbacks=callbacks,
-        verbose=2,
+        verbose=progress_events.keras_verbosity(),
     )
     return {name: [float(v) for v in values] for name, values in history.history.items()}, best
 
