@@ -12,6 +12,7 @@ from tfx.types import standard_component_specs as keys
 
 from components.config import GateConfig, IngestConfig
 from components.data_gate import CHECKED_SCHEMA_KEY, DataGate
+from components.embedder import EMBEDDINGS_KEY, Embedder, Trainer
 from components.eval_config import make_eval_config
 from components.image_folder import count_classes, detect_layout, has_spans
 from components.image_folder_example_gen import (
@@ -22,6 +23,7 @@ from components.image_folder_example_gen import (
 )
 from components.served_model import BASELINE_ROLE, WARM_START_ROLE, Evaluator, ServedModel
 from components.serving_pusher import KEEP_VERSIONS_KEY, ServingPusher
+from trainer import embeddings as trainer_embeddings
 from trainer import features
 from trainer.config import TrainingConfig
 
@@ -35,13 +37,14 @@ SCHEMA_GEN = "SchemaGen"
 EXAMPLE_VALIDATOR = "ExampleValidator"
 DATA_GATE = "DataGate"
 TRANSFORM = "Transform"
+EMBEDDER = "Embedder"
 TRAINER = "Trainer"
 WARM_START_MODEL = "WarmStartModel"
 SERVING_BASELINE = "ServingBaseline"
 EVALUATOR = "Evaluator"
 PUSHER = "Pusher"
 NODE_IDS = (
-    EXAMPLE_GEN, STATISTICS_GEN, SCHEMA_GEN, EXAMPLE_VALIDATOR, DATA_GATE, TRANSFORM,
+    EXAMPLE_GEN, STATISTICS_GEN, SCHEMA_GEN, EXAMPLE_VALIDATOR, DATA_GATE, TRANSFORM, EMBEDDER,
     WARM_START_MODEL, TRAINER, SERVING_BASELINE, EVALUATOR, PUSHER,
 )
 # Nodes that run on every run whatever the cache holds: the baseline is the
@@ -187,6 +190,20 @@ def create_pipeline(
     ).with_id(TRANSFORM)
     components.append(transform)
 
+    # The frozen backbone's pooled output for every example, once, on Beam: given
+    # only what the vectors depend on, it stays cached when only the head or the
+    # optimizer changes, and the Trainer's head phase then runs no backbone.
+    # Left out when the head cannot train on cached inputs (augmentation).
+    embeddings = None
+    if trainer_embeddings.cached_inputs_apply(training):
+        embedder = Embedder(
+            examples=training_examples,
+            transform_graph=transform.outputs[keys.TRANSFORM_GRAPH_KEY],
+            settings=trainer_embeddings.embedding_settings(training),
+        ).with_id(EMBEDDER)
+        components.append(embedder)
+        embeddings = embedder.outputs[EMBEDDINGS_KEY]
+
     # The version served when this data arrived, to start training from: read with
     # the training examples as input, so it is cached with them (a re-run of unchanged
     # data hands the Trainer the same base model, and the Trainer stays cached).
@@ -199,8 +216,9 @@ def create_pipeline(
         components.append(warm_start_source)
         warm_start_model = warm_start_source.outputs[keys.MODEL_KEY]
 
-    # Train a new head on the frozen pretrained backbone (from the base model's if it fits).
-    trainer = tfx.components.Trainer(
+    # Train a new head on the frozen pretrained backbone (from the base model's if it
+    # fits), on the Embedder's vectors when there are any.
+    trainer = Trainer(
         run_fn=TRAINER_MODULE,
         examples=training_examples,
         transform_graph=transform.outputs[keys.TRANSFORM_GRAPH_KEY],
@@ -209,6 +227,7 @@ def create_pipeline(
         eval_args=tfx.proto.EvalArgs(splits=[features.EVAL_SPLIT]),
         custom_config=training.to_dict(),
         base_model=warm_start_model,
+        embeddings=embeddings,
     ).with_id(TRAINER)
     components.append(trainer)
 

@@ -16,7 +16,7 @@ from PIL import Image  # noqa: E402
 # all name nodes by these ids. Literal on purpose.
 EXPECTED_NODE_IDS = [
     "ImageFolderExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "DataGate",
-    "Transform", "WarmStartModel", "Trainer", "ServingBaseline", "Evaluator", "Pusher",
+    "Transform", "Embedder", "WarmStartModel", "Trainer", "ServingBaseline", "Evaluator", "Pusher",
 ]
 
 # Three classes a pretrained backbone separates easily: a dominant colour each.

@@ -17,7 +17,7 @@ from absl import logging
 from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
-from trainer import export, features
+from trainer import embeddings, export, features
 
 _LABEL_COUNT_BATCH_SIZE = 1024
 
@@ -30,14 +30,19 @@ class TrainingData:
         files: File patterns per split (features.TRAIN_SPLIT, features.EVAL_SPLIT).
         data_accessor: TFX's reader of the examples.
         tf_transform_output: The Transform graph and its vocabulary.
+        embeddings_uri: The Embedder's output for these examples, or None
+            (see `trainer.embeddings`).
     """
 
     files: dict[str, list[str]]
     data_accessor: tfx.components.DataAccessor
     tf_transform_output: tft.TFTransformOutput
+    embeddings_uri: str | None = None
 
     @classmethod
-    def from_fn_args(cls, fn_args: tfx.components.FnArgs) -> TrainingData:
+    def from_fn_args(
+        cls, fn_args: tfx.components.FnArgs, embeddings_uri: str | None = None
+    ) -> TrainingData:
         return cls(
             files={
                 features.TRAIN_SPLIT: list(fn_args.train_files),
@@ -45,6 +50,7 @@ class TrainingData:
             },
             data_accessor=fn_args.data_accessor,
             tf_transform_output=tft.TFTransformOutput(fn_args.transform_output),
+            embeddings_uri=embeddings_uri,
         )
 
     @property
@@ -83,6 +89,19 @@ class TrainingData:
                 unknown, split, ", ".join(self.class_names),
             )
         return np.array([counts.get(name, 0) for name in names], dtype=np.int64)
+
+    def embeddings(self, split: str, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """The Embedder's vectors ([n, width]) and label ids of `split`.
+
+        Examples whose label is not in the vocabulary are left out, as in
+        `images_and_labels`.
+
+        Raises:
+            ValueError: No embeddings were given, or the split has none.
+        """
+        if self.embeddings_uri is None:
+            raise ValueError("no embeddings were given to this Trainer run")
+        return embeddings.read_split(self.embeddings_uri, split, width)
 
     def images_and_labels(
         self, split: str, batch_size: int, shuffle: bool = False, seed: int | None = None

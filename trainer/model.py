@@ -3,8 +3,10 @@
 `run_fn` is TFX Trainer's entry point. It reads the examples through the
 Transform graph (`trainer.data`), builds the classifier (`trainer.classifier`),
 starts from an earlier blessed model's weights when they fit
-(`trainer.warm_start`), trains the head and then optionally fine-tunes the top
-of the backbone (`trainer.phases`), and exports Transform + backbone + head
+(`trainer.warm_start`), trains the head (on the Embedder's vectors when the
+Trainer is given them: their URI comes under the reserved `custom_config` key
+`trainer.embeddings.URI_KEY`) and then optionally fine-tunes the top of the
+backbone (`trainer.phases`), and exports Transform + backbone + head
 (`trainer.export`). The training history is written to
 `<model_run_dir>/history.json` and into the exported model.
 """
@@ -18,7 +20,7 @@ from typing import Any
 import tensorflow as tf
 from tfx import v1 as tfx
 
-from trainer import classifier, export, features, phases, warm_start
+from trainer import classifier, embeddings, export, features, phases, warm_start
 from trainer import strategy as strategies
 from trainer.config import TrainingConfig
 from trainer.data import TrainingData
@@ -41,9 +43,11 @@ def train_and_export(
     Returns:
         The training history written to `<model_run_dir>/history.json`.
     """
-    config = TrainingConfig.from_dict(fn_args.custom_config)
+    custom_config = dict(fn_args.custom_config or {})
+    embeddings_uri = custom_config.pop(embeddings.URI_KEY, None)
+    config = TrainingConfig.from_dict(custom_config)
     tf.keras.utils.set_random_seed(config.seed)
-    data = TrainingData.from_fn_args(fn_args)
+    data = TrainingData.from_fn_args(fn_args, embeddings_uri)
     counts = {split: data.label_counts(split) for split in _SPLITS}
     num_classes = len(data.class_names)
     classifier.check_classes(config, data.class_names)

@@ -15,6 +15,11 @@ network on every batch of every epoch (`PATH_END_TO_END`). The model is the
 same; it trains much faster. Otherwise (augmentation, `cache_features: false`,
 or a cache that would not fit in memory) each batch goes through the whole
 network.
+
+When the Trainer is given the Embedder's output (`trainer.embeddings`), the
+head phase's cache is read from it: no backbone runs for the head at all
+(`history["head_inputs"]` is "embedder"). Fine-tuning and augmentation keep
+their image paths; fine-tuning computes its own boundary cache from the images.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer import augmentation, features, fine_tuning, progress_events, training
+from trainer import augmentation, embeddings, features, fine_tuning, progress_events, training
 from trainer import feature_engine as feature_engines
 from trainer.classifier import ClassifierParts, GraphModel
 from trainer.config import (
@@ -46,6 +51,10 @@ PATH_CACHED = "cached_features"
 """A phase's path when its trainable part trains on cached inputs."""
 PATH_END_TO_END = "end_to_end"
 """A phase's path when every batch runs through the whole classifier."""
+HEAD_INPUTS_EMBEDDER = "embedder"
+"""`history["head_inputs"]` when the head trained on the Embedder's vectors."""
+HEAD_INPUTS_IMAGES = "images"
+"""`history["head_inputs"]` when the head's inputs were computed from the images here."""
 FEATURE_BATCH_SIZE = 64
 """Images per batch when the frozen part runs over the data to fill the cache."""
 _SPLITS = (features.TRAIN_SPLIT, features.EVAL_SPLIT)
@@ -122,8 +131,9 @@ class PhaseRunner:
     # The two phases.
 
     def head_phase(self) -> None:
-        """Trains the head on the frozen backbone."""
+        """Trains the head on the frozen backbone (or on the Embedder's vectors of it)."""
         parts, config = self.parts, self.config
+        self.history["head_inputs"] = HEAD_INPUTS_IMAGES
         if self._cache_applies(parts.head_top.input_shape[1:], parts.base.output.dtype):
             cache = self._head_inputs_cache()
             model, train, validation, path = parts.head_top, cache.train, cache.eval, PATH_CACHED
@@ -161,11 +171,15 @@ class PhaseRunner:
     def _head_inputs_cache(self) -> _Cache:
         """Pooled backbone features of every example, computed once.
 
-        With fine-tuning ahead on cached inputs, the backbone's frozen bottom runs
+        Given the Embedder's output, they are read from it. Otherwise, with
+        fine-tuning ahead on cached inputs, the backbone's frozen bottom runs
         over the images (its output is kept for phase 2) and the pooled features
-        come from its top; otherwise the whole backbone runs over the images.
+        come from its top; else the whole backbone runs over the images.
         """
         parts, tuning = self.parts, self.config.fine_tuning
+        if self.data.embeddings_uri is not None:
+            self.history["head_inputs"] = HEAD_INPUTS_EMBEDDER
+            return self._embedder_cache()
         if tuning.enabled:
             self._split = fine_tuning.split_at_frozen_boundary(parts.base, tuning.unfreeze_layers)
             if self._split is not None and self._cache_applies(
@@ -179,6 +193,26 @@ class PhaseRunner:
         image = tf.keras.Input(shape=parts.base.input_shape[1:], name="images")
         pooled = GraphModel(image, parts.pool(parts.base(image, training=False)))
         return self._extract_cache(pooled)
+
+    def _embedder_cache(self) -> _Cache:
+        """The Embedder's vectors of the train and eval examples, checked against their counts.
+
+        Raises:
+            ValueError: A split's vectors are not one per example the Trainer reads.
+        """
+        (width,) = self.parts.head_top.input_shape[1:]
+        cached = []
+        for split in _SPLITS:
+            vectors, label_ids = self.data.embeddings(split, width)
+            if len(label_ids) != self.split_examples[split]:
+                raise ValueError(
+                    f"embeddings {self.data.embeddings_uri}: {len(label_ids)} {split} vectors "
+                    f"for {self.split_examples[split]} {split} examples; the Embedder must "
+                    "read the Trainer's examples")
+            cached.append(([vectors], label_ids))
+        progress_events.report(progress_events.Progress(
+            "embeddings read", sum(self.split_examples.values()), unit="examples"))
+        return _Cache(*cached)
 
     def _extract_cache(self, feature_model: tf.keras.Model) -> _Cache:
         """Runs `feature_model` once over every train and eval image.
@@ -256,7 +290,7 @@ class PhaseRunner:
     def _cache_applies(self, shapes: Any, dtype: tf.DType) -> bool:
         """Whether inputs of `shapes` can be cached for every example, in memory."""
         config = self.config
-        if not config.cache_features or config.augmentation.enabled:
+        if not embeddings.cached_inputs_apply(config):
             return False
         per_example = sum(math.prod(shape) for shape in _as_shape_list(shapes))
         needed = self.examples * per_example * tf.as_dtype(dtype).size
