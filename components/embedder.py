@@ -45,7 +45,6 @@ from tfx.dsl.components.base import (
 )
 from tfx.proto import trainer_pb2
 from tfx.types import artifact, artifact_utils, standard_artifacts, standard_component_specs
-from tfx.types.artifact import Property, PropertyType
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import json_utils
 
@@ -59,6 +58,8 @@ MAX_BATCH_SIZE = 64
 """Examples per call of the backbone: bounded, so memory does not grow with the data."""
 COUNTER_NAMESPACE = "Embedder"
 EXAMPLES_EMBEDDED = "examples_embedded"
+SPLIT_NAMES_PROPERTY = "split_names"
+"""On the output: its splits, encoded as TFX encodes an Examples artifact's."""
 _FILE_PREFIX = "embeddings"
 
 
@@ -66,7 +67,8 @@ class Embeddings(artifact.Artifact):
     """The frozen backbone's pooled output per example, by split (`trainer.embeddings`)."""
 
     TYPE_NAME = "transferline.Embeddings"
-    PROPERTIES = {"split_names": Property(type=PropertyType.STRING)}
+    # No PROPERTIES: Kubeflow V2 compiles a custom type only without them. The
+    # splits are recorded in the custom property SPLIT_NAMES_PROPERTY.
 
 
 class EmbeddingModelHandler(inference.ModelHandler[bytes, bytes, embedding_format.EmbeddingModel]):
@@ -151,7 +153,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                         file_name_suffix=".gz",
                     )
                 )
-        output.split_names = artifact_utils.encode_split_names(splits)
+        output.set_string_custom_property(
+            SPLIT_NAMES_PROPERTY, artifact_utils.encode_split_names(splits))
         _report_count(pipeline.result)
 
 

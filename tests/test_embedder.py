@@ -117,7 +117,8 @@ def test_the_executor_writes_one_vector_per_example_with_its_label_id(tmp_path):
     output = _embed(examples, _serving_transform_dir(), SERVING_SETTINGS,
                     tmp_path / "embeddings")
 
-    assert artifact_utils.decode_split_names(output.split_names) == ["eval", "train"]
+    assert artifact_utils.decode_split_names(
+        output.get_string_custom_property("split_names")) == ["eval", "train"]
     train = {_value(r, "relative_path"): r for r in _records(output.uri, "train")}
     # Vocabulary by frequency in the Transform's data: red, green, blue.
     assert {path.decode(): (_value(r, "label"), _value(r, "label_id"))

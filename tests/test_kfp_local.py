@@ -251,7 +251,7 @@ def test_a_compiled_package_pushes_then_refuses_a_regression_from_the_served_ver
     assert cli.main(["kfp-local", str(package)]) == 0
     assert _tasks_run(capsys.readouterr().out.splitlines()) == [
         "ImageFolderExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "DataGate",
-        "Transform", "Trainer", "ServingBaseline", "Evaluator", "Pusher"]
+        "Transform", "Embedder", "Trainer", "ServingBaseline", "Evaluator", "Pusher"]
     (first_run,) = [p for p in root.iterdir() if p.name.startswith("transferline-")]
     assert (first_run / "Evaluator" / "blessing" / "BLESSED").is_file()
     high_water, version = sorted(os.listdir(serving / "transferline"))

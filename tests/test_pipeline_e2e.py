@@ -22,6 +22,7 @@ CACHED_ON_RERUN = (
     pipeline_def.STATISTICS_GEN,
     pipeline_def.SCHEMA_GEN,
     pipeline_def.TRANSFORM,
+    pipeline_def.EMBEDDER,
     pipeline_def.TRAINER,
 )
 

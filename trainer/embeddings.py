@@ -139,10 +139,12 @@ def encode_records(outputs: Mapping[str, np.ndarray]) -> list[bytes]:
 
 
 def read_split(uri: str, split: str, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """A split's vectors and label ids, in content-hash order; unknown labels left out.
+    """A split's vectors and label ids, by relative path; unknown labels left out.
 
     The order does not depend on how the Beam job sharded its output, so a
-    seeded run trains the same way whatever the runner.
+    seeded run trains the same way whatever the runner; it is the order in
+    which the local ExampleGen writes the examples (by path), which the
+    Trainer's image path reads (the content hash orders copies of one path).
 
     Args:
         uri: The Embedder's output (`embeddings` artifact) URI.
@@ -173,6 +175,6 @@ def read_split(uri: str, split: str, width: int) -> tuple[np.ndarray, np.ndarray
     if not columns[LABEL_ID_KEY]:
         raise ValueError(f"embeddings {uri}: split {split!r} holds no examples")
     merged = {key: np.concatenate(values) for key, values in columns.items()}
-    order = np.lexsort((merged[features.PATH_KEY], merged[features.HASH_KEY]))
+    order = np.lexsort((merged[features.HASH_KEY], merged[features.PATH_KEY]))
     known = order[merged[LABEL_ID_KEY][order] >= 0]
     return merged[EMBEDDING_KEY][known], merged[LABEL_ID_KEY][known]
