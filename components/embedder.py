@@ -16,8 +16,9 @@ stays flat whatever the number of examples. Beam loads the model through the
 handler once per worker. Examples embedded are counted by the Beam counter
 `Embedder/examples_embedded`.
 
-The output `embeddings` (`Embeddings`, see `trainer.embeddings` for the
-format) holds `Split-<split>/` TFRecord (gzip) files, one record per example.
+The output `embeddings` (`Embeddings`, type `components.Embeddings`; see
+`trainer.embeddings` for the format) holds `Split-<split>/` TFRecord (gzip)
+files, one record per example.
 
 `Trainer` below is TFX's Trainer with an optional `embeddings` input: its
 executor hands the artifact's URI to `run_fn` under the reserved
@@ -66,9 +67,10 @@ _FILE_PREFIX = "embeddings"
 class Embeddings(artifact.Artifact):
     """The frozen backbone's pooled output per example, by split (`trainer.embeddings`)."""
 
-    TYPE_NAME = "transferline.Embeddings"
-    # No PROPERTIES: Kubeflow V2 compiles a custom type only without them. The
-    # splits are recorded in the custom property SPLIT_NAMES_PROPERTY.
+    # Kubeflow V2 imports a custom type by its name, `<module>.<class>` with one dot:
+    # `components/__init__.py` gives this class under that name. No PROPERTIES: it
+    # compiles a custom type only without them; the splits are a custom property.
+    TYPE_NAME = "components.Embeddings"
 
 
 class EmbeddingModelHandler(inference.ModelHandler[bytes, bytes, embedding_format.EmbeddingModel]):
@@ -134,28 +136,32 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         handler = inference.KeyedModelHandler(
             EmbeddingModelHandler(settings, transform_graph_uri))
         with self._make_beam_pipeline() as pipeline:
-            keyed = [
-                _read_split(pipeline, examples, split, index)
-                for index, split in enumerate(splits)
-            ]
-            records = (
-                keyed
-                | "AllSplits" >> beam.Flatten()
-                | "Embed" >> inference.RunInference(handler)
-            )
-            by_split = records | "BySplit" >> beam.Partition(_split_index, len(splits))
-            for index, split in enumerate(splits):
-                _ = (
-                    by_split[index]
-                    | f"Record[{split}]" >> beam.Map(lambda keyed_record: keyed_record[1])
-                    | f"Write[{split}]" >> beam.io.WriteToTFRecord(
-                        os.path.join(embedding_format.split_dir(output.uri, split), _FILE_PREFIX),
-                        file_name_suffix=".gz",
-                    )
-                )
+            _embed_splits(pipeline, examples, splits, handler, output.uri)
         output.set_string_custom_property(
             SPLIT_NAMES_PROPERTY, artifact_utils.encode_split_names(splits))
         _report_count(pipeline.result)
+
+
+def _embed_splits(
+    pipeline: beam.Pipeline, examples: Sequence[types.Artifact], splits: Sequence[str],
+    handler: inference.KeyedModelHandler, uri: str,
+) -> None:
+    """Every split's examples through one RunInference, each written to its `Split-<split>/`."""
+    records = (
+        [_read_split(pipeline, examples, split, index) for index, split in enumerate(splits)]
+        | "AllSplits" >> beam.Flatten()
+        | "Embed" >> inference.RunInference(handler)
+    )
+    by_split = records | "BySplit" >> beam.Partition(_split_index, len(splits))
+    for index, split in enumerate(splits):
+        _ = (
+            by_split[index]
+            | f"Record[{split}]" >> beam.Map(lambda keyed_record: keyed_record[1])
+            | f"Write[{split}]" >> beam.io.WriteToTFRecord(
+                os.path.join(embedding_format.split_dir(uri, split), _FILE_PREFIX),
+                file_name_suffix=".gz",
+            )
+        )
 
 
 def _read_split(

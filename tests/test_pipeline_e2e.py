@@ -109,3 +109,19 @@ def test_predict_command_labels_images_from_a_pushed_model(shared_run, tmp_path,
     assert results[0]["label"] in CLASS_COLOURS and 0 <= results[0]["score"] <= 1
     assert results[1]["label"] is None and results[1]["error"]
     assert os.path.isfile(workdir / "run_summary.json")
+
+
+def test_the_head_trained_on_the_embedders_vectors(shared_run):
+    """The Embedder wrote one vector per example of each split; the Trainer's head read them."""
+    nodes = shared_run.first.nodes
+    (embeddings,) = nodes[pipeline_def.EMBEDDER].outputs["embeddings"]
+    counts = {
+        split: sum(1 for _ in tf.data.TFRecordDataset(
+            tf.io.gfile.glob(os.path.join(embeddings.uri, f"Split-{split}", "*")),
+            compression_type="GZIP"))
+        for split in ("train", "eval")
+    }
+    assert counts == shared_run.first.summary["examples"] == {"train": 18, "eval": 7}
+    (model_run,) = nodes[pipeline_def.TRAINER].outputs["model_run"]
+    with open(os.path.join(model_run.uri, "history.json")) as f:
+        assert json.load(f)["head_inputs"] == "embedder"
