@@ -248,13 +248,20 @@ def _steps(run: Run) -> str:
                      sorted(run.steps.items(), key=lambda item: -item[1]))
 
 
-def _pipeline(run: Run) -> str:
-    return "n/a" if run.pipeline_seconds is None else f"{run.pipeline_seconds:.0f}s"
+def _pipeline(run: Run, floor: float | None = None) -> str:
+    if run.pipeline_seconds is None:
+        return "n/a"
+    ratio = "" if floor is None else f" ({run.pipeline_seconds / floor:.2f}x the floor)"
+    return f"{run.pipeline_seconds:.0f}s{ratio}"
 
 
-def run_size(n: int, root: pathlib.Path, epochs: int, test) -> dict:
+def run_size(n: int, root: pathlib.Path, epochs: int,
+             test: tuple[np.ndarray, np.ndarray]) -> dict:
     (images, labels), _, _ = load_fashion_mnist(n, 0, 0)
-    data = root / f"fashion-{n}"
+    data, work, multi_work, keras_dir = (root / f"{kind}-{n}" for kind in (
+        "fashion", "work", "work-multi", "keras"))
+    for folder in (data, work, multi_work, keras_dir):  # a first run starts from nothing
+        shutil.rmtree(folder, ignore_errors=True)
     started = time.monotonic()
     write_folder(data, images, labels)
     print(f"\n== {n} training images ({len(set(labels))} classes) as PNGs in {data}, written "
@@ -267,30 +274,29 @@ def run_size(n: int, root: pathlib.Path, epochs: int, test) -> dict:
 
     dropout = HeadConfig().dropout
     print(f"\nours, first run (fresh workdir, dropout {dropout}):", flush=True)
-    first = transferline_run(data, root / f"work-{n}", epochs, dropout)
-    accuracy = served_accuracy(pushed_model(root / f"work-{n}"), test_encoded, test[1])
+    first = transferline_run(data, work, epochs, dropout)
+    accuracy = served_accuracy(pushed_model(work), test_encoded, test[1])
 
     changed = round(dropout + 0.1, 2)
     print(f"\nours, re-run with only the head's dropout changed ({dropout} -> {changed}):",
           flush=True)
-    rerun = transferline_run(data, root / f"work-{n}", epochs, changed)
+    rerun = transferline_run(data, work, epochs, changed)
 
     print("\nplain Keras script on the same folder:", flush=True)
-    keras = plain_keras(data, root / f"keras-{n}", epochs)
-    keras_acc = keras_accuracy(root / f"keras-{n}", data, *test)
+    keras = plain_keras(data, keras_dir, epochs)
+    keras_acc = keras_accuracy(keras_dir, data, *test)
 
     multi = None
     if EMBEDDER in first.steps:
         print(f"\nours, first run with Beam {' '.join(MULTI_PROCESSING_BEAM_ARGS)}:", flush=True)
-        multi = transferline_run(data, root / f"work-{n}-multi", epochs, dropout,
-                                 MULTI_PROCESSING_BEAM_ARGS)
+        multi = transferline_run(data, multi_work, epochs, dropout, MULTI_PROCESSING_BEAM_ARGS)
 
     floor_after = floor_seconds(images)
     floor = min(floor_before, floor_after)
     print(f"\nfloor at the end: {floor_after:.1f}s (the faster, {floor:.1f}s, counts)")
     print(f"\nresults at {n} images")
     print(f"  first run: {first.wall:.1f}s wall ({first.wall / floor:.2f}x the floor), "
-          f"pipeline {_pipeline(first)}, peak RSS {first.peak_rss / GB:.2f} GB, "
+          f"pipeline {_pipeline(first, floor)}, peak RSS {first.peak_rss / GB:.2f} GB, "
           f"test accuracy {accuracy:.4f}")
     print(f"    steps: {_steps(first)}")
     print(f"  re-run (dropout only): {rerun.wall:.1f}s wall, pipeline {_pipeline(rerun)}, "
