@@ -50,6 +50,7 @@ ROLES = (BASELINE_ROLE, WARM_START_ROLE)
 SERVED_VERSION_PROPERTY = "served_version"
 SERVED_FROM_PROPERTY = "served_from"
 NO_VERSION = -1
+_REMEDY = "remove or repair that version, or compile with --no-baseline"
 _COPY_ATTEMPTS = 3  # a version pruned while being copied: take the newest again
 
 
@@ -84,7 +85,7 @@ def check_scoreable(version_dir: str) -> None:
     except Exception as error:  # noqa: BLE001 (a DecodeError or an I/O error: both unreadable)
         raise UnscoreableServedModel(
             f"served version {version_dir} cannot be the baseline: unreadable {path} "
-            f"({type(error).__name__}); remove the version, or run with --no-baseline"
+            f"({type(error).__name__}); {_REMEDY}"
         ) from None
     signatures = {
         name: signature
@@ -97,7 +98,7 @@ def check_scoreable(version_dir: str) -> None:
         raise UnscoreableServedModel(
             f"served version {version_dir} cannot be the baseline: no "
             f"{export.SERVING_EXAMPLES!r} signature taking {export.EXAMPLES_INPUT!r} (it has "
-            f"{sorted(signatures) or 'none'}); remove the version, or run with --no-baseline"
+            f"{sorted(signatures) or 'none'}); {_REMEDY}"
         )
 
 

@@ -23,6 +23,7 @@ from components.image_folder_example_gen import (
 )
 from components.served_model import BASELINE_ROLE, WARM_START_ROLE, Evaluator, ServedModel
 from components.serving_pusher import KEEP_VERSIONS_KEY, ServingPusher
+from components.statistics import image_stats_options
 from trainer import embeddings as trainer_embeddings
 from trainer import features
 from trainer.config import TrainingConfig
@@ -135,7 +136,7 @@ def create_pipeline(
 
     # Compute statistics, infer a schema, and check the examples against it.
     statistics_gen = tfx.components.StatisticsGen(
-        examples=example_gen.outputs[keys.EXAMPLES_KEY]
+        examples=example_gen.outputs[keys.EXAMPLES_KEY], stats_options=image_stats_options()
     ).with_id(STATISTICS_GEN)
     schema_gen = tfx.components.SchemaGen(
         statistics=statistics_gen.outputs[keys.STATISTICS_KEY], infer_feature_shape=True
@@ -185,6 +186,7 @@ def create_pipeline(
         schema=checked_schema,
         preprocessing_fn=TRANSFORM_MODULE,
         materialize=False,
+        disable_statistics=True,  # pre/post-transform stats would decode every image again
         # Only what preprocessing depends on: a new head or optimizer keeps Transform cached.
         custom_config=training.preprocessing_dict(),
     ).with_id(TRANSFORM)

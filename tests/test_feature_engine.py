@@ -1,6 +1,7 @@
-"""The TFLite feature engine: same outputs as Keras, in order; when it applies; its errors."""
+"""The feature engines: TFLite gives Keras outputs in order; when it applies; auto measures."""
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -109,3 +110,58 @@ def test_cgroup_cpu_quota(tmp_path, files, expected):
     assert 1 <= threads <= len(os.sched_getaffinity(0))
     if expected is not None:
         assert threads <= max(1, int(np.ceil(expected)))
+
+
+def test_the_tensorflow_engine_gives_keras_outputs_in_the_models_order():
+    model = _two_output_model()
+    engine = feature_engine.TensorFlowModel(model)
+    for count in (5, 2):
+        images = _images(count)
+        got = engine(images)
+        assert [g.shape for g in got] == [(count, 8, 8, 4), (count, 4)]
+        expected = [t.numpy() for t in model(images, training=False)]
+        assert feature_engine.max_relative_difference(got, expected) < 1e-6
+
+
+class _Doubling:
+    """An engine computing 2 * images, sleeping `seconds` per call, counting its calls."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.calls = seconds, 0
+
+    def __call__(self, images: np.ndarray) -> list[np.ndarray]:
+        self.calls += 1
+        time.sleep(self.seconds)
+        return [images * 2]
+
+
+@pytest.mark.parametrize("slow_first", [True, False])
+def test_auto_times_both_engines_on_the_first_batches_then_runs_only_the_faster(slow_first):
+    slow, fast = _Doubling(0.05), _Doubling(0.0)
+    engines = {"tensorflow": slow, "tflite": fast} if slow_first else {
+        "tensorflow": fast, "tflite": slow}
+    measured = feature_engine.MeasuredEngine(engines, timed_batches=2)
+    for batch in range(6):
+        images = np.full((4, 2), batch, np.float32)
+        (got,) = measured(images)
+        np.testing.assert_array_equal(got, np.full((4, 2), 2 * batch))
+    faster = "tflite" if slow_first else "tensorflow"
+    assert measured.name == faster
+    assert (slow.calls, fast.calls) == (3, 6)  # warm-up and 2 timed batches, then no more
+    rates = measured.rates
+    assert set(rates) == {"tensorflow", "tflite"}
+    slower = "tensorflow" if slow_first else "tflite"
+    assert rates[slower] <= 4 / 0.05  # 4 images per call, each call sleeps 0.05 s
+    assert rates[faster] > rates[slower]
+
+
+def test_auto_on_a_single_batch_times_it_when_asked_for_its_choice():
+    slow, fast = _Doubling(0.05), _Doubling(0.0)
+    measured = feature_engine.MeasuredEngine({"tensorflow": slow, "tflite": fast})
+    (got,) = measured(np.ones((3, 2), np.float32))
+    np.testing.assert_array_equal(got, np.full((3, 2), 2.0))
+    assert measured.name == "tflite"
+    assert (slow.calls, fast.calls) == (2, 2)
+    assert measured.rates["tensorflow"] <= 3 / 0.05
+    with pytest.raises(feature_engine.FeatureEngineError, match="no batch was run"):
+        feature_engine.MeasuredEngine({"tensorflow": slow}).name  # noqa: B018

@@ -73,8 +73,8 @@ def test_an_unreadable_served_version_stops_the_baseline_naming_it(tmp_path):
         _read(serving, tmp_path / "out")
     assert str(refused.value) == (
         f"served version {version} cannot be the baseline: unreadable "
-        f"{version / 'saved_model.pb'} (DecodeError); remove the version, or run with "
-        "--no-baseline")
+        f"{version / 'saved_model.pb'} (DecodeError); remove or repair that version, or compile "
+        "with --no-baseline")
     # As a warm-start source the same version is only copied (its checkpoint is intact).
     assert _read(serving, tmp_path / "warm", role="warm_start").get_int_custom_property(
         "served_version") == int(version.name)

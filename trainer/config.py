@@ -230,9 +230,10 @@ class TrainingConfig:
             its cached output when nothing in it trains and there is no
             augmentation (the same model, much faster). False always runs the
             backbone on every batch.
-        feature_engine: What computes the cached outputs: "auto" (TFLite's
-            XNNPACK kernels on a CPU-only host, several times faster there;
-            TensorFlow on GPUs, across replicas or with mixed precision),
+        feature_engine: What computes the cached outputs: "auto" (on a
+            CPU-only host the faster of TensorFlow and TFLite's XNNPACK
+            kernels, timed on the first batches; TensorFlow on GPUs, across
+            replicas or with mixed precision),
             "tensorflow" or "tflite" (see `trainer.feature_engine`). The model
             trains and is exported in TensorFlow either way.
         mixed_precision: "auto" (float16 compute on GPUs, float32 otherwise),

@@ -10,11 +10,17 @@ Two engines compute the same function:
   the weights into a flatbuffer in memory, a cost paid once per frozen model
   (with the check below), not per image.
 
-``auto`` (the default) takes TFLite where it can only help: no GPU, one
-replica, float32 compute. Every TFLite model is checked against the Keras model
-on real training images before it is used; when a conversion fails or the two
+``auto`` (the default) measures instead of assuming: where TFLite can run (no
+GPU, one replica, float32 compute) it times both engines on the first batches
+of real images (`MeasuredEngine`: one warm-up batch each, then
+`TIMED_BATCHES` timed ones, in alternating order) and runs the rest on the
+faster, recording both rates. Which is faster depends on the host: XNNPACK
+beats TensorFlow's kernels on some CPUs and loses on others. Elsewhere ``auto``
+is TensorFlow. Every TFLite model is checked against the Keras model on real
+training images before it is used; when a conversion fails or the two
 disagree, ``auto`` falls back to TensorFlow (and says why in the log), while an
-explicit ``tflite`` fails the Trainer naming the setting.
+explicit ``tflite`` fails the Trainer naming the setting. The explicit settings
+measure nothing.
 
 Only the cached inputs come from this engine. The trainable part trains in
 TensorFlow, and the exported model is the Keras model in TensorFlow.
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -43,8 +50,13 @@ CHECK_IMAGES = 8
 RELATIVE_TOLERANCE = 1e-3
 """Largest accepted |TFLite - Keras| per output, relative to the output's largest magnitude."""
 
+TIMED_BATCHES = 2
+"""Batches `MeasuredEngine` times each engine on, after one warm-up batch each."""
+
 Outputs = list[np.ndarray]
 """The frozen model's outputs for one batch, in `model.outputs` order."""
+Engine = Callable[[np.ndarray], Outputs]
+"""Runs the frozen model on a batch of images: `TFLiteModel`, `TensorFlowModel`."""
 
 
 class FeatureEngineError(RuntimeError):
@@ -200,3 +212,99 @@ def tflite_or_none(
         logging.warning("Caching %s's outputs with TensorFlow: %s", model.name, error)
         return None
 
+
+
+class TensorFlowModel:
+    """A frozen Keras model as one traced TensorFlow function: numpy batches in, outputs out.
+
+    The TensorFlow side of `MeasuredEngine`, called exactly as `TFLiteModel` is.
+    """
+
+    def __init__(self, model: tf.keras.Model) -> None:
+        spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32, name="images")
+        self._run = tf.function(
+            lambda images: tuple(tf.nest.flatten(model(images, training=False))),
+            input_signature=[spec], autograph=False,
+        )
+
+    def __call__(self, images: np.ndarray) -> Outputs:
+        """The model's outputs for a batch of images."""
+        return [np.asarray(output) for output in self._run(images)]
+
+
+class MeasuredEngine:
+    """The faster of several engines of the same model, timed on the first batches it runs.
+
+    The first call runs every engine once (warm-up: tracing, allocation), the
+    next `timed_batches` calls run and time each of them, in an order that
+    alternates from one call to the next; until then it returns the outputs of
+    the first engine given (the reference). From then on only the faster one
+    runs. The extra cost is bounded: the other engines' runs over
+    `1 + timed_batches` batches.
+
+    Args:
+        engines: Engine per name (a `trainer.config` feature engine), the
+            reference first. The engines must compute the same function.
+        timed_batches: Batches timed per engine after the warm-up.
+    """
+
+    def __init__(self, engines: dict[str, Engine], timed_batches: int = TIMED_BATCHES) -> None:
+        self._engines = engines
+        self._timed_batches = timed_batches
+        self._seconds = dict.fromkeys(engines, 0.0)
+        self._images = 0
+        self._calls = 0
+        self._last: np.ndarray | None = None
+        self._chosen: str | None = None
+
+    def __call__(self, images: np.ndarray) -> Outputs:
+        """The model's outputs for a batch of images."""
+        if self._chosen is not None:
+            return self._engines[self._chosen](images)
+        self._calls += 1
+        self._last = images
+        if self._calls == 1:
+            outputs = {name: engine(images) for name, engine in self._engines.items()}
+        else:
+            outputs = self._timed(images)
+            if self._calls > self._timed_batches:
+                self._choose()
+        return outputs[next(iter(self._engines))]
+
+    @property
+    def name(self) -> str:
+        """The faster engine's name (timed now on the last batch if none was timed yet)."""
+        if self._chosen is None:
+            self._choose()
+        return self._chosen
+
+    @property
+    def rates(self) -> dict[str, float]:
+        """Images per second of each engine over the timed batches."""
+        if self._chosen is None:
+            self._choose()
+        return {name: self._images / max(seconds, 1e-9)
+                for name, seconds in self._seconds.items()}
+
+    def _timed(self, images: np.ndarray) -> dict[str, Outputs]:
+        names = list(self._engines)
+        if self._calls % 2:
+            names.reverse()
+        outputs = {}
+        for name in names:
+            start = time.perf_counter()
+            outputs[name] = self._engines[name](images)
+            self._seconds[name] += time.perf_counter() - start
+        self._images += len(images)
+        return {name: outputs[name] for name in self._engines}
+
+    def _choose(self) -> None:
+        if not self._images:
+            if self._last is None:
+                raise FeatureEngineError("no batch was run to measure the feature engines on")
+            self._timed(self._last)
+        self._chosen = min(self._seconds, key=self._seconds.get)
+        rates = self.rates
+        logging.info("feature_engine auto: %s on %d images; using %s",
+                     ", ".join(f"{name} {rate:.1f} images/s" for name, rate in rates.items()),
+                     self._images, self._chosen)

@@ -39,6 +39,7 @@ from trainer.classifier import ClassifierParts, GraphModel
 from trainer.config import (
     CLASS_WEIGHTS_AUTO,
     CLASS_WEIGHTS_NONE,
+    FEATURE_ENGINE_AUTO,
     FEATURE_ENGINE_TENSORFLOW,
     FEATURE_ENGINE_TFLITE,
     TrainingConfig,
@@ -219,11 +220,15 @@ class PhaseRunner:
 
         On the engine `config.feature_engine` chooses (see `trainer.feature_engine`).
         """
-        engine = feature_engines.tflite_or_none(
-            feature_model, self.config.feature_engine, self._check_images)
+        setting = self.config.feature_engine
+        engine = feature_engines.tflite_or_none(feature_model, setting, self._check_images)
         self.history["feature_engine"] = (
             FEATURE_ENGINE_TENSORFLOW if engine is None else FEATURE_ENGINE_TFLITE)
         counted = _FeatureProgress(self.split_examples)
+        if engine is not None and setting == FEATURE_ENGINE_AUTO:
+            engine = feature_engines.MeasuredEngine({
+                FEATURE_ENGINE_TENSORFLOW: feature_engines.TensorFlowModel(feature_model),
+                FEATURE_ENGINE_TFLITE: engine})
         if engine is not None:
             return _Cache(*(self._run_engine(engine, split, counted) for split in _SPLITS))
         images = tf.keras.Input(shape=feature_model.input_shape[1:], name="images")
@@ -251,9 +256,13 @@ class PhaseRunner:
         return next(iter(batch))[0].numpy()
 
     def _run_engine(
-        self, engine: feature_engines.TFLiteModel, split: str, counted: _FeatureProgress
+        self, engine: feature_engines.Engine, split: str, counted: _FeatureProgress
     ) -> tuple[list[np.ndarray], np.ndarray]:
-        """`engine`'s outputs for every image of `split`, and the label ids."""
+        """`engine`'s outputs for every image of `split`, and the label ids.
+
+        A `MeasuredEngine` chooses on the first split's first batches; its
+        choice and both engines' rates go into the history.
+        """
         outputs, labels = [], []
         counted.start_split(split)
         batches = self.data.images_and_labels(split, FEATURE_BATCH_SIZE)
@@ -263,6 +272,9 @@ class PhaseRunner:
                 labels.append(label_ids)
                 counted.on_predict_batch_end(len(labels) - 1)
         counted.split_done(sum(len(ids) for ids in labels))
+        if isinstance(engine, feature_engines.MeasuredEngine):
+            self.history["feature_engine"] = engine.name
+            self.history["feature_engine_rates"] = engine.rates
         arrays = [np.concatenate(output) for output in zip(*outputs, strict=True)]
         return arrays, np.concatenate(labels)
 
