@@ -192,9 +192,9 @@ def test_compile_prints_size_tasks_cache_and_gate(tmp_path, data_root, capsys):
 
     out = capsys.readouterr().out
     assert f"({os.path.getsize(path) / 1024:.1f} KiB)" in out
-    assert "tasks (11):" in out and "resolver" not in out
+    assert "tasks (12):" in out and "resolver" not in out
     assert "Trainer" in out and "1 x nvidia.com/gpu" in out
-    assert "    ServingBaseline " in out and "    WarmStartModel " in out
+    assert "    ServingBaseline " in out and "    WarmStartModel " in out and "    Embedder " in out
     assert ("  KFP cache: on, except ImageFolderExampleGen, ServingBaseline (they read the "
             "image folder and the serving directory") in out
     assert ("  gate: accuracy overall >= 0.5; accuracy overall change >= -0.0100 against the "
@@ -207,7 +207,7 @@ def test_compile_without_baseline_or_warm_start_has_no_reader_task(tmp_path, dat
                      *_compile_flags(data_root)]) == 0
 
     out = capsys.readouterr().out
-    assert "tasks (9):" in out
+    assert "tasks (10):" in out
     assert ("  gate: accuracy overall >= 0.5; no baseline (--no-baseline): no no-regression "
             "check") in out
     tasks = kubeflow_compile.load_package(path).tasks()
