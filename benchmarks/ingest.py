@@ -173,33 +173,44 @@ def _tree_rss(process: psutil.Process) -> int:
     return total
 
 
+class PeakRss:
+    """The peak RSS of a process and its children, sampled while the `with` block runs."""
+
+    def __init__(self, pid: int, every_s: float = 0.05) -> None:
+        self.rss = 0
+        self._process, self._every_s = psutil.Process(pid), every_s
+        self._done = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> PeakRss:
+        self._sampler.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._sampler.join()
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            try:
+                self.rss = max(self.rss, _tree_rss(self._process))
+            except psutil.Error:
+                pass
+            time.sleep(self._every_s)
+
+
 def measure(command: list[str]) -> dict:
     """Runs a child; returns its result, wall time and the peak RSS of its process tree."""
     started = time.monotonic()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    process = psutil.Process(child.pid)
-    peak = {"rss": 0}
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            try:
-                peak["rss"] = max(peak["rss"], _tree_rss(process))
-            except psutil.Error:
-                pass
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out, err = child.communicate()
-    done.set()
-    sampler.join()
+    with PeakRss(child.pid) as peak:
+        out, err = child.communicate()
     if child.returncode != 0:
         raise RuntimeError(f"{command[-1]} failed:\n{err[-3000:]}")
     line = next(line for line in out.splitlines() if line.startswith("RESULT "))
     result = json.loads(line[len("RESULT "):])
     result["wall"] = time.monotonic() - started
-    result["peak_rss"] = peak["rss"]
+    result["peak_rss"] = peak.rss
     return result
 
 

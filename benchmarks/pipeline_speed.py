@@ -45,7 +45,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 
@@ -56,7 +55,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from ingest import _tree_rss  # noqa: E402
+from ingest import PeakRss  # noqa: E402
 from train_speed import (  # noqa: E402
     BACKBONE,
     IMAGE_SIZE,
@@ -145,28 +144,13 @@ def measure(command: list[str]) -> Run:
     started = time.monotonic()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, cwd=REPO, env=env)
-    process = psutil.Process(child.pid)
-    peak = {"rss": 0}
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            try:
-                peak["rss"] = max(peak["rss"], _tree_rss(process))
-            except psutil.Error:
-                pass
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     lines = []
-    for line in child.stdout:
-        lines.append(line)
-        if not NOISE.search(line):
-            print(f"    | {line}", end="", flush=True)
-    child.wait()
-    done.set()
-    sampler.join()
+    with PeakRss(child.pid) as peak:
+        for line in child.stdout:
+            lines.append(line)
+            if not NOISE.search(line):
+                print(f"    | {line}", end="", flush=True)
+        child.wait()
     wall = time.monotonic() - started
     output = "".join(lines)
     if child.returncode != 0:
@@ -174,7 +158,7 @@ def measure(command: list[str]) -> Run:
                            f"{output[-3000:]}")
     steps = {m[1]: float(m[2]) for m in map(STEP_LINE.match, lines) if m}
     pipeline = next((float(m[1]) for m in map(PIPELINE_LINE.match, lines) if m), None)
-    return Run(wall, peak["rss"], output, steps, pipeline)
+    return Run(wall, peak.rss, output, steps, pipeline)
 
 
 def transferline_run(data: pathlib.Path, workdir: pathlib.Path, epochs: int, dropout: float,
