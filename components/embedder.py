@@ -285,6 +285,7 @@ class Trainer(base_component.BaseComponent):
         custom_config: dict[str, Any],
         base_model: types.BaseChannel | None = None,
         embeddings: types.BaseChannel | None = None,
+        hyperparameters: types.BaseChannel | None = None,
     ) -> None:
         """TFX Trainer's arguments as the pipeline uses them, and `embeddings`.
 
@@ -292,6 +293,8 @@ class Trainer(base_component.BaseComponent):
             embeddings: The Embedder's output; with it the head phase trains on
                 the vectors instead of running the backbone (when it trains on
                 cached inputs at all, see `trainer.phases`).
+            hyperparameters: The Tuner's best head settings, which replace the
+                configured ones (`trainer.tuning`).
         """
         spec = TrainerSpec(
             examples=examples,
@@ -299,6 +302,7 @@ class Trainer(base_component.BaseComponent):
             schema=schema,
             base_model=base_model,
             embeddings=embeddings,
+            hyperparameters=hyperparameters,
             train_args=train_args,
             eval_args=eval_args,
             run_fn=run_fn,

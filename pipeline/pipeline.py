@@ -24,12 +24,14 @@ from components.image_folder_example_gen import (
 from components.served_model import BASELINE_ROLE, WARM_START_ROLE, Evaluator, ServedModel
 from components.serving_pusher import KEEP_VERSIONS_KEY, ServingPusher
 from components.statistics import image_stats_options
+from components.tuner import BEST_HYPERPARAMETERS_KEY, Tuner
 from trainer import embeddings as trainer_embeddings
 from trainer import features
 from trainer.config import TrainingConfig
 
 TRANSFORM_MODULE = "trainer.transform.preprocessing_fn"
 TRAINER_MODULE = "trainer.model.run_fn"
+TUNER_MODULE = "trainer.tuning.tuner_fn"
 
 # Node ids, stable across runs and runners.
 EXAMPLE_GEN = "ImageFolderExampleGen"
@@ -39,6 +41,7 @@ EXAMPLE_VALIDATOR = "ExampleValidator"
 DATA_GATE = "DataGate"
 TRANSFORM = "Transform"
 EMBEDDER = "Embedder"
+TUNER = "Tuner"
 TRAINER = "Trainer"
 WARM_START_MODEL = "WarmStartModel"
 SERVING_BASELINE = "ServingBaseline"
@@ -46,7 +49,7 @@ EVALUATOR = "Evaluator"
 PUSHER = "Pusher"
 NODE_IDS = (
     EXAMPLE_GEN, STATISTICS_GEN, SCHEMA_GEN, EXAMPLE_VALIDATOR, DATA_GATE, TRANSFORM, EMBEDDER,
-    WARM_START_MODEL, TRAINER, SERVING_BASELINE, EVALUATOR, PUSHER,
+    TUNER, WARM_START_MODEL, TRAINER, SERVING_BASELINE, EVALUATOR, PUSHER,
 )
 # Nodes that run on every run whatever the cache holds: the baseline is the
 # version serving now, not the one a cached execution saw.
@@ -206,6 +209,23 @@ def create_pipeline(
         components.append(embedder)
         embeddings = embedder.outputs[EMBEDDINGS_KEY]
 
+    # With --tune, search the head's settings on those vectors (TFX's Tuner with
+    # KerasTuner): no trial runs the backbone; the best settings go to the Trainer.
+    best_hyperparameters = None
+    if training.tuning.enabled:
+        tuner = Tuner(
+            tuner_fn=TUNER_MODULE,
+            examples=training_examples,
+            transform_graph=transform.outputs[keys.TRANSFORM_GRAPH_KEY],
+            schema=checked_schema,
+            embeddings=embeddings,
+            train_args=tfx.proto.TrainArgs(splits=[features.TRAIN_SPLIT]),
+            eval_args=tfx.proto.EvalArgs(splits=[features.EVAL_SPLIT]),
+            custom_config=training.to_dict(),
+        ).with_id(TUNER)
+        components.append(tuner)
+        best_hyperparameters = tuner.outputs[BEST_HYPERPARAMETERS_KEY]
+
     # The version served when this data arrived, to start training from: read with
     # the training examples as input, so it is cached with them (a re-run of unchanged
     # data hands the Trainer the same base model, and the Trainer stays cached).
@@ -230,6 +250,7 @@ def create_pipeline(
         custom_config=training.to_dict(),
         base_model=warm_start_model,
         embeddings=embeddings,
+        hyperparameters=best_hyperparameters,
     ).with_id(TRAINER)
     components.append(trainer)
 

@@ -110,6 +110,13 @@ FLAGS: tuple[SettingFlag, ...] = (
         metavar="N"),
     SettingFlag("--tflite", TRAINING, "export.tflite", help="also export a TFLite model beside "
         "the SavedModel, checked to agree", switch=True),
+    SettingFlag("--tune", TRAINING, "tuning.enabled", help="search the head's dropout, hidden "
+        "units, learning rate, optimizer and weight decay on the cached vectors first "
+        "(TFX's Tuner)", switch=True),
+    SettingFlag("--tune-trials", TRAINING, "tuning.max_trials", int,
+        "with --tune: most head settings tried", metavar="N"),
+    SettingFlag("--tune-seconds", TRAINING, "tuning.max_seconds", float,
+        "with --tune: no trial starts after this many seconds", metavar="S"),
     SettingFlag("--no-warm-start", TRAINING, "warm_start",
         help="train from scratch, not from the served version's weights", switch=False),
     # ingest: components.config.IngestConfig

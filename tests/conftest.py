@@ -16,8 +16,13 @@ from PIL import Image  # noqa: E402
 # all name nodes by these ids. Literal on purpose.
 EXPECTED_NODE_IDS = [
     "ImageFolderExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "DataGate",
-    "Transform", "Embedder", "WarmStartModel", "Trainer", "ServingBaseline", "Evaluator", "Pusher",
+    "Transform", "Embedder", "Tuner", "WarmStartModel", "Trainer", "ServingBaseline", "Evaluator",
+    "Pusher",
 ]
+TUNE_ONLY_NODE_IDS = ["Tuner"]
+"""Nodes only a run with --tune has."""
+DEFAULT_NODE_IDS = [node for node in EXPECTED_NODE_IDS if node not in TUNE_ONLY_NODE_IDS]
+"""The nodes of a pipeline built with the default settings."""
 
 # Three classes a pretrained backbone separates easily: a dominant colour each.
 CLASS_COLOURS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (30, 40, 200)}

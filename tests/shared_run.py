@@ -1,7 +1,8 @@
 """One tiny pipeline run, shared by the end-to-end tests that only read what it left.
 
 `transferline run` once on a small pre-split folder (LocalDagRunner, real TFX, Beam
-and ML Metadata, EfficientNet-Lite0's real weights at 32 px), then `transferline
+and ML Metadata, EfficientNet-Lite0's real weights at 32 px, a head search of
+`TUNE_TRIALS` trials), then `transferline
 report`, then the same run again (served from ML Metadata's cache). What each
 command printed and wrote, and what ML Metadata recorded after each run (read with
 its own API, `tests.mlmd_testing`), is kept for the tests.
@@ -30,6 +31,7 @@ SKIPPED = "train/red/empty.jpg"
 IGNORED = "train/green/notes.txt"
 MIN_ACCURACY = 0.6
 IMAGE_SIZE = 32
+TUNE_TRIALS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +82,7 @@ def run(root: pathlib.Path) -> SharedRun:
     argv = [
         "run", "--data", str(data), "--workdir", str(workdir), "--epochs", "10",
         "--learning-rate", "0.01", "--image-size", str(IMAGE_SIZE),
-        "--min-accuracy", str(MIN_ACCURACY),
+        "--min-accuracy", str(MIN_ACCURACY), "--tune", "--tune-trials", str(TUNE_TRIALS),
     ]
     first = _command(argv, workdir)
     assert first.status == 0, first.printed

@@ -17,6 +17,7 @@ from pipeline import kubeflow_compile
 from pipeline import pipeline as transferline
 from pipeline.kubeflow_settings import KubeflowConfig
 from pipeline.names import PIPELINE_NAME
+from tests.conftest import DEFAULT_NODE_IDS
 
 IMAGE = "registry.example.com/transferline:1.2.3"
 BEAM_ARGS = ("--runner=FlinkRunner", "--flink_master=flink-jobmanager:8081", "--parallelism=4")
@@ -43,7 +44,7 @@ def _executors(spec: dict) -> dict[str, dict]:
 
 
 def _container_names() -> set[str]:
-    return set(transferline.NODE_IDS)
+    return set(DEFAULT_NODE_IDS)  # the default settings: no Tuner
 
 
 def _expected_task_names() -> set[str]:

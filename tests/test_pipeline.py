@@ -1,13 +1,14 @@
 """create_pipeline's shape: node ids, what each node is given, impossible settings refused."""
 
 import dataclasses
+import json
 
 import pytest
 
 from components.config import IngestConfig
 from pipeline import pipeline as pipeline_def
-from tests.conftest import EXPECTED_NODE_IDS
-from trainer.config import HeadConfig, TrainingConfig
+from tests.conftest import DEFAULT_NODE_IDS, EXPECTED_NODE_IDS
+from trainer.config import HeadConfig, TrainingConfig, TuningConfig
 
 
 def _build(data_root: str, tmp_path, **kwargs):
@@ -28,7 +29,7 @@ def _node(pipeline, node_id: str):
 
 def test_nodes_have_the_stable_ids(data_root, tmp_path):
     components = _build(data_root, tmp_path).components
-    assert sorted(component.id for component in components) == sorted(EXPECTED_NODE_IDS)
+    assert sorted(component.id for component in components) == sorted(DEFAULT_NODE_IDS)
     assert list(pipeline_def.NODE_IDS) == EXPECTED_NODE_IDS  # in the order they run
 
 
@@ -64,3 +65,15 @@ def test_a_span_setting_without_span_folders_is_refused(data_root, tmp_path):
 def test_platform_config_for_an_unknown_node_is_refused(data_root, tmp_path):
     with pytest.raises(ValueError, match="unknown node 'Trainr'"):
         _build(data_root, tmp_path, platform_configs={"Trainr": object()})
+
+
+def test_tune_adds_a_tuner_on_the_embeddings_that_feeds_the_trainer(data_root, tmp_path):
+    training = TrainingConfig(tuning=TuningConfig(enabled=True, max_trials=4))
+    pipeline = _build(data_root, tmp_path, training=training)
+    assert sorted(component.id for component in pipeline.components) == sorted(EXPECTED_NODE_IDS)
+    tuner, trainer = _node(pipeline, "Tuner"), _node(pipeline, "Trainer")
+    assert tuner.inputs["embeddings"].producer_component_id == "Embedder"
+    assert trainer.inputs["hyperparameters"].producer_component_id == "Tuner"
+    assert json.loads(tuner.exec_properties["custom_config"])["tuning"] == {
+        "enabled": True, "max_trials": 4, "max_seconds": 600.0}
+

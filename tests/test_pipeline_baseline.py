@@ -6,6 +6,7 @@ import dataclasses
 from components.config import GateConfig
 from components.eval_config import make_eval_config
 from pipeline import pipeline as pipeline_def
+from tests.conftest import DEFAULT_NODE_IDS
 from trainer.config import TrainingConfig
 
 
@@ -21,7 +22,7 @@ def _nodes(pipeline):
 
 def test_the_trainer_and_evaluator_read_the_served_version(data_root, tmp_path):
     nodes = _nodes(_build(data_root, tmp_path))
-    assert set(nodes) == set(pipeline_def.NODE_IDS)
+    assert set(nodes) == set(DEFAULT_NODE_IDS)
     assert nodes["Trainer"].inputs["base_model"].producer_component_id == "WarmStartModel"
     assert nodes["Evaluator"].inputs["baseline_model"].producer_component_id == "ServingBaseline"
     for node_id, role in (("WarmStartModel", "warm_start"), ("ServingBaseline", "baseline")):

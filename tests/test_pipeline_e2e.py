@@ -23,6 +23,7 @@ CACHED_ON_RERUN = (
     pipeline_def.SCHEMA_GEN,
     pipeline_def.TRANSFORM,
     pipeline_def.EMBEDDER,
+    pipeline_def.TUNER,
     pipeline_def.TRAINER,
 )
 
@@ -124,4 +125,15 @@ def test_the_head_trained_on_the_embedders_vectors(shared_run):
     assert counts == shared_run.first.summary["examples"] == {"train": 18, "eval": 7}
     (model_run,) = nodes[pipeline_def.TRAINER].outputs["model_run"]
     with open(os.path.join(model_run.uri, "history.json")) as f:
-        assert json.load(f)["head_inputs"] == "embedder"
+        history = json.load(f)
+    assert history["head_inputs"] == "embedder"
+    # The head search ran on the same vectors; the Trainer took its best settings.
+    (best,) = nodes[pipeline_def.TUNER].outputs["best_hyperparameters"]
+    with open(os.path.join(best.uri, "best_hyperparameters.txt")) as f:
+        best_values = json.load(f)["values"]
+    assert 1 <= history["tuning"]["trials"] <= 3
+    assert history["tuning"]["values"] == best_values
+    (model,) = nodes[pipeline_def.TRAINER].outputs["model"]
+    config = export.read_training_record(os.path.join(model.uri, "Format-Serving"))["config"]
+    assert config["learning_rate"] == best_values["learning_rate"]
+    assert config["head"]["dropout"] == best_values["dropout"]

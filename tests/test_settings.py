@@ -21,7 +21,8 @@ from trainer.config_file import build_config
 LOCAL_SETTINGS_FLAGS = {
     "--config",
     "--backbone", "--weights", "--epochs", "--image-size", "--batch-size", "--learning-rate",
-    "--feature-engine", "--max-image-pixels", "--tflite", "--no-warm-start",
+    "--feature-engine", "--max-image-pixels", "--tflite", "--tune", "--tune-trials",
+    "--tune-seconds", "--no-warm-start",
     "--eval-percent", "--test-percent", "--min-images-per-class", "--span", "--span-window",
     "--min-examples", "--max-label-drift",
     "--min-accuracy", "--max-accuracy-drop", "--min-class-recall", "--accuracy-top-k",

@@ -88,7 +88,7 @@ def build_head(
     """
     feature_map = tf.keras.Input(shape=feature_shape, name="backbone_features")
     vector = _pooling_layer(len(feature_shape), config.head.pooling)(feature_map)
-    top = _build_head_top(vector.shape[1:], num_classes, config)
+    top = build_head_top(vector.shape[1:], num_classes, config)
     return GraphModel(feature_map, top(vector), name="head")
 
 
@@ -102,9 +102,10 @@ def _pooling_layer(feature_rank: int, pooling: str) -> tf.keras.layers.Layer:
     return tf.keras.layers.Flatten(name=_POOL_LAYER)
 
 
-def _build_head_top(
+def build_head_top(
     vector_shape: tuple[int, ...], num_classes: int, config: TrainingConfig
 ) -> tf.keras.Model:
+    """The head's trainable part alone: pooled vector -> class scores (`head_top`)."""
     head = config.head
     vector = tf.keras.Input(shape=vector_shape, name="features")
     x = vector

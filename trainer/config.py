@@ -204,6 +204,39 @@ class ExportConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TuningConfig:
+    """An optional search over the head's settings before the Trainer runs.
+
+    TFX's Tuner node searches with KerasTuner (Bayesian optimization of the
+    validation accuracy) over the head's dropout, hidden units, learning rate,
+    optimizer and weight decay (`trainer.tuning.SEARCH_SPACE`), training each
+    trial's head on the Embedder's vectors, so no trial runs the backbone. The
+    Trainer then trains with the best settings found; they replace the
+    configured ones and are recorded in the history, the report and the model card.
+
+    Attributes:
+        enabled: Search before training (`--tune`); off by default.
+        max_trials: Most head settings tried.
+        max_seconds: No trial starts after this many seconds of search.
+    """
+
+    SECTION_LABEL = "tuning"
+
+    enabled: bool = False
+    max_trials: int = 20
+    max_seconds: float = 600.0
+
+    def validate(self) -> TuningConfig:
+        """Raises ValueError naming an impossible tuning setting; returns self."""
+        _check_types(self)
+        _require(self.max_trials >= 1,
+                 f"tuning.max_trials must be at least 1, got {self.max_trials}")
+        _require(self.max_seconds > 0,
+                 f"tuning.max_seconds must be more than 0, got {self.max_seconds}")
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainingConfig:
     """How the classifier is built and trained.
 
@@ -217,6 +250,8 @@ class TrainingConfig:
         head: The new classification head.
         optimizer: "adam", "rmsprop" or "sgd" (momentum 0.9).
         learning_rate: Learning rate of the head phase.
+        weight_decay: Decoupled weight decay of the optimizer (0: none), in
+            both phases.
         epochs: Upper bound on head-phase epochs; early stopping may end sooner.
         early_stopping_patience: Epochs without a better validation loss before
             a phase stops; the best epoch's weights are restored either way.
@@ -244,6 +279,7 @@ class TrainingConfig:
             version being served when this data arrived, when it has the same
             backbone, cut, image size, head shape and classes (see
             `trainer.warm_start`); false always trains from scratch.
+        tuning: The optional search over the head's settings (`--tune`).
     """
 
     SECTION_LABEL = "training"
@@ -255,6 +291,7 @@ class TrainingConfig:
     head: HeadConfig = HeadConfig()
     optimizer: str = "adam"
     learning_rate: float = 1e-3
+    weight_decay: float = 0.0
     epochs: int = 10
     early_stopping_patience: int = 3
     batch_size: int = 32
@@ -267,6 +304,7 @@ class TrainingConfig:
     seed: int = 0
     export: ExportConfig = ExportConfig()
     warm_start: bool = True
+    tuning: TuningConfig = TuningConfig()
 
     def __post_init__(self) -> None:
         # Nested sections may come as mappings (from YAML or JSON custom_config).
@@ -307,6 +345,8 @@ class TrainingConfig:
                  f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         _require(0 < self.learning_rate < 1,
                  f"learning_rate must be in (0, 1), got {self.learning_rate}")
+        _require(0 <= self.weight_decay < 1,
+                 f"weight_decay must be in [0, 1), got {self.weight_decay}")
         _require(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
         _require(self.early_stopping_patience >= 0,
                  f"early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
@@ -321,6 +361,11 @@ class TrainingConfig:
                  f"mixed_precision must be one of {MIXED_PRECISION_MODES}, "
                  f"got {self.mixed_precision!r}")
         self.export.validate()
+        self.tuning.validate()
+        _require(not self.tuning.enabled or (self.cache_features
+                                             and not self.augmentation.enabled),
+                 "tuning searches heads on the cached backbone vectors: it needs "
+                 "cache_features: true and no augmentation; turn one of them off")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -362,7 +407,7 @@ def recorded_input_size(settings: Mapping[str, Any]) -> int | None:
 
 _FIELD_TYPES = {
     "head": HeadConfig, "augmentation": AugmentationConfig, "fine_tuning": FineTuningConfig,
-    "export": ExportConfig,
+    "export": ExportConfig, "tuning": TuningConfig,
 }
 
 

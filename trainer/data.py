@@ -49,7 +49,7 @@ class TrainingData:
                 features.EVAL_SPLIT: list(fn_args.eval_files),
             },
             data_accessor=fn_args.data_accessor,
-            tf_transform_output=tft.TFTransformOutput(fn_args.transform_output),
+            tf_transform_output=tft.TFTransformOutput(fn_args.transform_graph_path),
             embeddings_uri=embeddings_uri,
         )
 

@@ -178,3 +178,16 @@ def read_split(uri: str, split: str, width: int) -> tuple[np.ndarray, np.ndarray
     order = np.lexsort((merged[features.HASH_KEY], merged[features.PATH_KEY]))
     known = order[merged[LABEL_ID_KEY][order] >= 0]
     return merged[EMBEDDING_KEY][known], merged[LABEL_ID_KEY][known]
+
+
+def vector_width(uri: str, split: str) -> int:
+    """The vectors' length (the head's input), read off a split's first record.
+
+    Raises:
+        ValueError: The split has no files or no examples.
+    """
+    files = sorted(tf.io.gfile.glob(os.path.join(split_dir(uri, split), "*")))
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP").take(1):
+        example = tf.train.Example.FromString(record.numpy())
+        return len(example.features.feature[EMBEDDING_KEY].float_list.value)
+    raise ValueError(f"embeddings {uri}: split {split!r} holds no examples")

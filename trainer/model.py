@@ -2,7 +2,8 @@
 
 `run_fn` is TFX Trainer's entry point. It reads the examples through the
 Transform graph (`trainer.data`), builds the classifier (`trainer.classifier`),
-starts from an earlier blessed model's weights when they fit
+takes the Tuner's best head settings when it ran
+(`trainer.tuning`), starts from an earlier blessed model's weights when they fit
 (`trainer.warm_start`), trains the head (on the Embedder's vectors when the
 Trainer is given them: their URI comes under the reserved `custom_config` key
 `trainer.embeddings.URI_KEY`) and then optionally fine-tunes the top of the
@@ -20,7 +21,7 @@ from typing import Any
 import tensorflow as tf
 from tfx import v1 as tfx
 
-from trainer import classifier, embeddings, export, features, phases, warm_start
+from trainer import classifier, embeddings, export, features, phases, tuning, warm_start
 from trainer import strategy as strategies
 from trainer.config import TrainingConfig
 from trainer.data import TrainingData
@@ -46,6 +47,9 @@ def train_and_export(
     custom_config = dict(fn_args.custom_config or {})
     embeddings_uri = custom_config.pop(embeddings.URI_KEY, None)
     config = TrainingConfig.from_dict(custom_config)
+    tuned = tuning.best_values(fn_args.hyperparameters)
+    if tuned is not None:
+        config = tuning.with_hyperparameters(config, tuned)
     tf.keras.utils.set_random_seed(config.seed)
     data = TrainingData.from_fn_args(fn_args, embeddings_uri)
     counts = {split: data.label_counts(split) for split in _SPLITS}
@@ -58,6 +62,7 @@ def train_and_export(
     with strategies.precision_policy(mixed), strategy.scope():
         parts = classifier.build_parts(config, num_classes)
         run = phases.PhaseRunner(parts, data, config, class_weight, fn_args.model_run_dir, counts)
+        run.history[tuning.HISTORY_KEY] = tuning.search_record(fn_args.hyperparameters)
         run.history[warm_start.HISTORY_KEY] = warm_start.restore(
             fn_args.base_model, parts, config, data.class_names)
         run.head_phase()

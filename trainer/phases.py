@@ -323,6 +323,7 @@ class PhaseRunner:
             model, self.config.optimizer, learning_rate,
             steps_per_execution=training.array_steps_per_execution(
                 self.train_examples, self.config.batch_size) if path == PATH_CACHED else 1,
+            weight_decay=self.config.weight_decay,
         )
 
     def _fit(self, phase: str, path: str, model: tf.keras.Model, train: Any, validation: Any,

@@ -31,23 +31,30 @@ def array_steps_per_execution(examples: int, batch_size: int) -> int:
     return max(1, min(math.ceil(examples / batch_size), MAX_ARRAY_STEPS_PER_EXECUTION))
 
 
-def make_optimizer(name: str, learning_rate: float) -> tf.keras.optimizers.Optimizer:
-    """"adam", "rmsprop" or "sgd" (with momentum 0.9) at `learning_rate`."""
+def make_optimizer(
+    name: str, learning_rate: float, weight_decay: float = 0.0
+) -> tf.keras.optimizers.Optimizer:
+    """"adam", "rmsprop" or "sgd" (with momentum 0.9) at `learning_rate`.
+
+    `weight_decay` > 0 adds Keras' decoupled weight decay (AdamW's, for Adam).
+    """
+    decay = {"weight_decay": weight_decay} if weight_decay else {}
     if name == "adam":
-        return tf.keras.optimizers.Adam(learning_rate)
+        return tf.keras.optimizers.Adam(learning_rate, **decay)
     if name == "rmsprop":
-        return tf.keras.optimizers.RMSprop(learning_rate)
+        return tf.keras.optimizers.RMSprop(learning_rate, **decay)
     if name == "sgd":
-        return tf.keras.optimizers.SGD(learning_rate, momentum=0.9)
+        return tf.keras.optimizers.SGD(learning_rate, momentum=0.9, **decay)
     raise ValueError(f"unknown optimizer {name!r}")
 
 
 def compile_for_training(
-    model: tf.keras.Model, optimizer: str, learning_rate: float, steps_per_execution: int = 1
+    model: tf.keras.Model, optimizer: str, learning_rate: float, steps_per_execution: int = 1,
+    weight_decay: float = 0.0,
 ) -> None:
     """Cross-entropy on the model's class scores (probabilities), and accuracy."""
     model.compile(
-        optimizer=make_optimizer(optimizer, learning_rate),
+        optimizer=make_optimizer(optimizer, learning_rate, weight_decay),
         loss=tf.keras.losses.SparseCategoricalCrossentropy(),
         metrics=["accuracy"],
         steps_per_execution=steps_per_execution,
